@@ -1,0 +1,208 @@
+//! The daemon's configuration: one TOML file whose every field has a default.
+//!
+//! `default.toml` beside this file is the documented default config that
+//! `capstan config default` prints; a unit test keeps it equal to `Config::default()`, so the
+//! docs, the file and the code cannot drift apart.
+
+use std::path::{Path, PathBuf};
+
+use capstan_runtime::CgroupDriver;
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/capstan/config.toml";
+
+/// The commented default config file.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub log: LogConfig,
+    pub cgroup: CgroupConfig,
+    pub cni: CniConfig,
+    pub images: ImagesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    pub driver: CgroupDriver,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    pub sandbox_image: String,
+    pub registry_config_dir: PathBuf,
+    pub insecure_registries: Vec<String>,
+    pub max_concurrent_downloads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: "/run/capstan/capstan.sock".into(),
+            root: "/var/lib/capstan".into(),
+            state: "/run/capstan".into(),
+            log: LogConfig::default(),
+            cgroup: CgroupConfig::default(),
+            cni: CniConfig::default(),
+            images: ImagesConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+        }
+    }
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            sandbox_image: "registry.k8s.io/pause:3.10".into(),
+            registry_config_dir: "/etc/capstan/certs.d".into(),
+            insecure_registries: Vec::new(),
+            max_concurrent_downloads: 3,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a config file's text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.validate().map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+        Ok(config)
+    }
+
+    /// Loads the config: an explicit path must exist; the default path may be absent, in
+    /// which case the embedded defaults apply.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = explicit.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, path) in [("socket", &self.socket), ("root", &self.root), ("state", &self.state)] {
+            if !path.is_absolute() {
+                return Err(format!("{key} must be an absolute path, got {:?}", path.display()));
+            }
+        }
+        if self.images.max_concurrent_downloads == 0 {
+            return Err("images.max_concurrent_downloads must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The runtime's share of the configuration.
+    pub fn runtime_options(&self) -> capstan_runtime::RuntimeOptions {
+        capstan_runtime::RuntimeOptions {
+            root_dir: self.root.clone(),
+            state_dir: self.state.clone(),
+            cgroup_driver: self.cgroup.driver,
+            cni: capstan_runtime::CniOptions {
+                conf_dir: self.cni.conf_dir.clone(),
+                bin_dirs: self.cni.bin_dirs.clone(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_file_matches_code_defaults() {
+        let parsed = Config::parse(DEFAULT_TOML, Path::new("default.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn every_default_field_is_documented_in_the_file() {
+        // Serialising the defaults and parsing the file must give the same key set; a field
+        // added to the struct but not to default.toml would otherwise slip through.
+        let from_code = toml::Value::try_from(Config::default()).unwrap();
+        let from_file: toml::Value = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(from_code, from_file);
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let err = Config::parse("[cni]\nconf_dirr = \"/x\"\n", Path::new("c.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("conf_dirr"), "{msg}");
+        assert!(msg.contains("c.toml"), "{msg}");
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = Config::parse("root = \"/tmp/r\"\n[cgroup]\ndriver = \"systemd\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.root, PathBuf::from("/tmp/r"));
+        assert_eq!(c.cgroup.driver, CgroupDriver::Systemd);
+        assert_eq!(c.state, PathBuf::from("/run/capstan"));
+    }
+
+    #[test]
+    fn relative_paths_and_bad_values_are_rejected() {
+        assert!(Config::parse("root = \"var/lib\"\n", Path::new("c")).unwrap_err().to_string().contains("root"));
+        assert!(Config::parse("[cgroup]\ndriver = \"cgroupv3\"\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+        assert!(Config::load(Some(Path::new("/nonexistent/capstan.toml"))).is_err());
+    }
+}

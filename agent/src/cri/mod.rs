@@ -1,0 +1,35 @@
+//! The CRI v1 gRPC edge: one file per call, each thin (decode, validate, call the runtime,
+//! map errors in `error.rs`).
+
+mod error;
+mod image_service;
+mod runtime_config;
+mod runtime_service;
+mod status;
+mod version;
+
+use std::sync::Arc;
+
+use capstan_runtime::Runtime;
+
+use crate::config::Config;
+
+#[allow(unused_imports)] // used by the handlers that call the runtime
+pub use error::to_status;
+
+/// The object behind both CRI services.
+pub struct Cri {
+    runtime: Arc<Runtime>,
+    config: Arc<Config>,
+}
+
+impl Cri {
+    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>) -> Self {
+        Cri { runtime, config }
+    }
+}
+
+/// The answer for a CRI call Capstan does not serve yet: never a fake success.
+fn unimplemented<T>(rpc: &str) -> Result<T, tonic::Status> {
+    Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by capstan yet")))
+}

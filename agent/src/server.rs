@@ -1,0 +1,164 @@
+//! The CRI socket: exclusive ownership, binding, serving, graceful shutdown.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cri_proto::{ImageServiceServer, RuntimeServiceServer};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+
+use crate::config::Config;
+use crate::cri::Cri;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "another capstan daemon is already serving {socket} (it holds {lock}{holder}); \
+         stop it first or pass a different --socket"
+    )]
+    AlreadyRunning { socket: PathBuf, lock: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("cannot bind CRI socket {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the runtime: {0}")]
+    Runtime(#[from] capstan_runtime::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Holds the socket's lock for the daemon's lifetime and removes the socket on drop.
+pub struct SocketOwner {
+    socket: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Drop for SocketOwner {
+    fn drop(&mut self) {
+        // The lock file stays: removing it would race with a daemon that is starting.
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Takes exclusive ownership of `socket` and binds it.
+///
+/// One daemon per socket: the `<socket>.lock` file is flock'ed for the daemon's lifetime,
+/// so a second instance fails at once instead of stealing the socket. A socket file left by
+/// a daemon that died is stale once we hold the lock, and is removed.
+pub fn bind(socket: &Path) -> Result<(UnixListener, SocketOwner), ServerError> {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    capstan_runtime::create_private_dir(dir)?;
+    let lock_path = lock_path(socket);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|source| ServerError::Lock { path: lock_path.clone(), source })?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&lock_path)
+                .ok()
+                .map(|pid| pid.trim().to_string())
+                .filter(|pid| !pid.is_empty())
+                .map(|pid| format!(", pid {pid}"))
+                .unwrap_or_default();
+            return Err(ServerError::AlreadyRunning { socket: socket.to_path_buf(), lock: lock_path, holder });
+        }
+        Err((_, errno)) => return Err(ServerError::Lock { path: lock_path, source: errno.into() }),
+    };
+    // Record who holds it, for the message a second instance prints.
+    let _ = lock.set_len(0).and_then(|_| write!(&mut *lock, "{}", std::process::id()));
+    match std::fs::remove_file(socket) {
+        Ok(()) => tracing::info!(socket = %socket.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(ServerError::Bind { path: socket.to_path_buf(), source }),
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(|source| ServerError::Bind { path: socket.to_path_buf(), source })?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(|source| ServerError::Bind { path: socket.to_path_buf(), source })?;
+    Ok((listener, SocketOwner { socket: socket.to_path_buf(), _lock: lock }))
+}
+
+fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then stops accepting, lets in-flight calls
+/// finish, and removes the socket.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let options = config.runtime_options();
+    let runtime = tokio::task::spawn_blocking(move || capstan_runtime::Runtime::open(options))
+        .await
+        .map_err(|e| capstan_runtime::Error::Internal(e.to_string()))??;
+    let (listener, owner) = bind(&config.socket)?;
+    let cri = Arc::new(Cri::new(Arc::new(runtime), Arc::new(config.clone())));
+    tracing::info!(
+        socket = %config.socket.display(),
+        root = %config.root.display(),
+        state = %config.state.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "capstan is serving CRI v1"
+    );
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::from_arc(cri.clone()))
+        .add_service(ImageServiceServer::from_arc(cri))
+        .serve_with_incoming_shutdown(cri_proto::unix::incoming(listener), shutdown_signal())
+        .await?;
+    drop(owner);
+    tracing::info!("capstan stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; the daemon can only be stopped with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down: no new calls, finishing in-flight ones");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_bind_is_refused_and_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run/c.sock");
+        let (_l, owner) = bind(&sock).unwrap();
+        let err = match bind(&sock) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("second bind succeeded"),
+        };
+        assert!(err.contains("already serving"), "{err}");
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        drop(owner);
+        assert!(!sock.exists(), "socket removed on drop");
+        // Once released, the socket can be taken again.
+        let _again = bind(&sock).unwrap();
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("c.sock");
+        std::fs::write(&sock, b"stale").unwrap();
+        let (_l, _o) = bind(&sock).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&sock).unwrap().file_type().is_socket());
+    }
+}

@@ -1,0 +1,57 @@
+//! Capstan's runtime core. The CRI handlers in the agent are thin; the work is done here.
+
+pub mod error;
+pub mod options;
+
+use std::path::Path;
+
+pub use error::{Error, Result};
+pub use options::{CgroupDriver, CniOptions, RuntimeOptions};
+
+/// The runtime: owns the on-disk state under the root and state dirs.
+#[derive(Debug)]
+pub struct Runtime {
+    options: RuntimeOptions,
+}
+
+impl Runtime {
+    /// Opens (creating if needed) the runtime's directories.
+    pub fn open(options: RuntimeOptions) -> Result<Self> {
+        for dir in [&options.root_dir, &options.state_dir] {
+            create_private_dir(dir)?;
+        }
+        Ok(Runtime { options })
+    }
+
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+
+    /// Whether pods can be given a network: `Err` carries the reason kubelet shows while
+    /// the node is NotReady (typically no CNI config has been installed yet).
+    pub fn network_ready(&self) -> std::result::Result<String, String> {
+        capstan_cni::load_default_network(&self.options.cni.conf_dir)
+            .map(|list| list.name)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether the runtime can run containers: its directories must be usable.
+    pub fn runtime_ready(&self) -> std::result::Result<(), String> {
+        for dir in [&self.options.root_dir, &self.options.state_dir] {
+            if !dir.is_dir() {
+                return Err(format!("{} is missing", dir.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` and its parents with mode 0700: runtime state is root's business only.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(Error::io("cannot create directory", dir))
+}

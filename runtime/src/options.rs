@@ -1,0 +1,33 @@
+//! What the runtime needs to know from the daemon's configuration.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How pod and container cgroups are created: directly in cgroupfs, or as systemd scopes
+/// (kubelet's `--cgroup-driver` must match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+/// Where the CNI configuration and plugins are.
+#[derive(Debug, Clone)]
+pub struct CniOptions {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+/// Everything the runtime core is configured with.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Persistent state: images, snapshots, metadata (`/var/lib/capstan`).
+    pub root_dir: PathBuf,
+    /// Runtime state that must not survive a reboot: sockets, per-pod state (`/run/capstan`).
+    pub state_dir: PathBuf,
+    pub cgroup_driver: CgroupDriver,
+    pub cni: CniOptions,
+}
