@@ -6,7 +6,7 @@ pub mod options;
 use std::path::Path;
 
 pub use error::{Error, Result};
-pub use options::{CgroupDriver, CniOptions, RuntimeOptions};
+pub use options::{CgroupDriver, CniOptions, ImageOptions, RuntimeOptions};
 
 /// The runtime: owns the on-disk state under the root and state dirs.
 #[derive(Debug)]

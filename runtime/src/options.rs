@@ -30,4 +30,18 @@ pub struct RuntimeOptions {
     pub state_dir: PathBuf,
     pub cgroup_driver: CgroupDriver,
     pub cni: CniOptions,
+    pub images: ImageOptions,
+}
+
+/// Registry access and image store settings.
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    /// The pod sandbox image kubelet knows about: reported as pinned, never removed by GC.
+    pub sandbox_image: String,
+    /// containerd-style `hosts.toml` tree: `<dir>/<host>/hosts.toml`, `<dir>/_default/hosts.toml`.
+    pub registry_config_dir: PathBuf,
+    /// Hosts (`host` or `host:port`) reached over plain HTTP; loopback always may be.
+    pub insecure_registries: Vec<String>,
+    /// Layers of one image downloaded at once.
+    pub max_concurrent_downloads: usize,
 }

@@ -156,6 +156,12 @@ impl Config {
                 conf_dir: self.cni.conf_dir.clone(),
                 bin_dirs: self.cni.bin_dirs.clone(),
             },
+            images: capstan_runtime::ImageOptions {
+                sandbox_image: self.images.sandbox_image.clone(),
+                registry_config_dir: self.images.registry_config_dir.clone(),
+                insecure_registries: self.images.insecure_registries.clone(),
+                max_concurrent_downloads: self.images.max_concurrent_downloads,
+            },
         }
     }
 }
