@@ -92,6 +92,9 @@ fn lock_path(socket: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// How long in-flight calls get to finish after SIGTERM before the daemon exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the daemon until SIGTERM or SIGINT, then stops accepting, lets in-flight calls
 /// finish, and removes the socket.
 pub async fn run(config: Config) -> Result<(), ServerError> {
@@ -108,11 +111,37 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         version = env!("CARGO_PKG_VERSION"),
         "capstan is serving CRI v1"
     );
-    tonic::transport::Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let graceful = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let serve = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::from_arc(cri.clone()))
         .add_service(ImageServiceServer::from_arc(cri))
-        .serve_with_incoming_shutdown(cri_proto::unix::incoming(listener), shutdown_signal())
-        .await?;
+        .serve_with_incoming_shutdown(cri_proto::unix::incoming(listener), graceful);
+    // A client that never closes its connection (or a stuck stream) must not keep the
+    // daemon from stopping: after the grace period it exits anyway.
+    let deadline = {
+        let mut rx = stop_rx;
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        result = serve => result?,
+        () = deadline => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "in-flight calls or open connections outlived the grace period; exiting anyway"
+        ),
+    }
     drop(owner);
     tracing::info!("capstan stopped");
     Ok(())

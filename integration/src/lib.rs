@@ -1,1 +1,34 @@
-//! placeholder
+//! The integration harness: the real `capstan` daemon as a process, a real OCI registry
+//! (Debian's `docker-registry`) on 127.0.0.1, and test images built from Debian's
+//! `busybox-static` at test time. Nothing is mocked; everything started is stopped on drop.
+
+pub mod daemon;
+pub mod image;
+pub mod registry;
+
+use std::path::PathBuf;
+
+/// Where the workspace's binaries are: next to the test executable's `deps/` directory, so
+/// the harness finds `target/<profile>/capstan` whatever the profile or target dir.
+/// `CAPSTAN_BIN_DIR` overrides it (the VM lane runs prebuilt binaries from elsewhere).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CAPSTAN_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("test executable has a directory");
+    let dir = if deps.ends_with("deps") { deps.parent().unwrap_or(deps) } else { deps };
+    dir.to_path_buf()
+}
+
+/// Whether this process runs as root; tests that need it say so and skip otherwise.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A free TCP port on 127.0.0.1, found by binding port 0 (the small window before the
+/// server binds it is acceptable for tests).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
