@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One command to test Capstan on a fresh Debian 12 machine, as root: installs every package
+# the tests need, builds everything, runs clippy and every test (unit and integration).
+# Exits non-zero when anything fails. .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash packaging/deps.sh runtime build test
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run-tests.sh: the integration tests create namespaces, mounts and cgroups: run as root" >&2
+  exit 1
+fi
+
+export CARGO_TERM_COLOR=never
+cargo build --locked --workspace --bins
+cargo clippy --locked --workspace --all-targets -- -D warnings
+set +e
+cargo test --locked --workspace --no-fail-fast
+status=$?
+set -e
+
+bash integration/leftovers.sh || status=1
+exit "$status"
