@@ -209,9 +209,15 @@ impl ImageBuilder {
 
 /// Pushes already-built blobs and manifest under each tag.
 pub async fn push_built(built: &BuiltImage, registry: &Registry, repo: &str, tags: &[&str]) -> PushedImage {
+    push_to_host(built, &registry.host(), registry.auth(), repo, tags).await
+}
+
+/// Like [`push_built`], to a registry the harness did not start (`host` is `ip:port`,
+/// plain HTTP), for the benchmark scripts.
+pub async fn push_to_host(built: &BuiltImage, host: &str, auth: Option<(&str, &str)>, repo: &str, tags: &[&str]) -> PushedImage {
     assert!(!tags.is_empty(), "push needs at least one tag");
-    let name = format!("{}/{repo}", registry.host());
-    let (client, auth) = client_for(registry);
+    let name = format!("{host}/{repo}");
+    let (client, auth) = client_for(auth);
     let first: Reference = format!("{name}:{}", tags[0]).parse().expect("reference");
     client.store_auth_if_needed(first.resolve_registry(), &auth).await;
     for layer in &built.layers {
@@ -256,7 +262,7 @@ pub async fn push_index(registry: &Registry, repo: &str, tag: &str, entries: &[(
         "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests,
     }))
     .expect("index json");
-    let (client, auth) = client_for(registry);
+    let (client, auth) = client_for(registry.auth());
     let reference: Reference = format!("{}/{repo}:{tag}", registry.host()).parse().expect("reference");
     client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
     client
@@ -266,9 +272,9 @@ pub async fn push_index(registry: &Registry, repo: &str, tag: &str, entries: &[(
     sha256(&index)
 }
 
-fn client_for(registry: &Registry) -> (Client, RegistryAuth) {
+fn client_for(auth: Option<(&str, &str)>) -> (Client, RegistryAuth) {
     let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() });
-    let auth = match registry.auth() {
+    let auth = match auth {
         Some((user, password)) => RegistryAuth::Basic(user.into(), password.into()),
         None => RegistryAuth::Anonymous,
     };

@@ -16,6 +16,20 @@ use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark a CRI runtime: per-step latency, parallel pod start, memory")]
+enum Cli {
+    /// Drive one endpoint and print its figures.
+    Run(Args),
+    /// Merge the samples files of several runs and print medians and ratios per step.
+    Compare {
+        /// JSON-lines samples written by `run --samples-out`.
+        file: std::path::PathBuf,
+        /// The runtime the ratios are relative to (ratio = other / baseline).
+        #[arg(long, default_value = "capstan")]
+        baseline: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// CRI endpoint (unix:///path or a socket path).
     #[arg(long)]
@@ -44,13 +58,19 @@ struct Args {
     /// Cgroup parent for the pods (empty: the runtime's default).
     #[arg(long, default_value = "")]
     cgroup_parent: String,
+    /// Append the raw samples (JSON lines) here, for `compare`.
+    #[arg(long)]
+    samples_out: Option<std::path::PathBuf>,
 }
 
 type Steps = BTreeMap<&'static str, Vec<Duration>>;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+    let args = match Cli::parse() {
+        Cli::Run(args) => args,
+        Cli::Compare { file, baseline } => return compare(&file, &baseline),
+    };
     let channel = cri_proto::unix::connect(cri_proto::unix::socket_path(&args.endpoint)).await?;
     let mut rt = RuntimeServiceClient::new(channel.clone());
     let mut img = ImageServiceClient::new(channel.clone());
@@ -68,6 +88,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     print_steps(&args.label, &steps);
+    if let Some(path) = &args.samples_out {
+        write_samples(path, &args.label, &steps)?;
+    }
     print_rss(&args.label, "idle", &args.rss_process);
 
     for &k in &args.parallel {
@@ -269,5 +292,58 @@ async fn parallel(channel: &Channel, args: &Args, k: usize) -> Result<(), Box<dy
         rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
     }
     println!("{:<8} parallel k={k:<4} teardown_wall_ms={:.1}", args.label, ms(start.elapsed()));
+    Ok(())
+}
+
+fn write_samples(path: &std::path::Path, label: &str, steps: &Steps) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    for (step, samples) in steps {
+        let ms: Vec<f64> = samples.iter().map(|d| ms(*d)).collect();
+        writeln!(file, "{}", serde_json::json!({ "label": label, "step": &step[2..], "order": &step[..1], "ms": ms }))?;
+    }
+    Ok(())
+}
+
+fn compare(path: &std::path::Path, baseline: &str) -> Result<(), Box<dyn std::error::Error>> {
+    // (order, step) -> label -> samples
+    let mut all: BTreeMap<(String, String), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for line in std::fs::read_to_string(path)?.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let key = (v["order"].as_str().unwrap_or("").to_string(), v["step"].as_str().unwrap_or("").to_string());
+        let label = v["label"].as_str().unwrap_or("").to_string();
+        let samples = all.entry(key).or_default().entry(label).or_default();
+        samples.extend(v["ms"].as_array().into_iter().flatten().filter_map(|x| x.as_f64()));
+    }
+    let labels: std::collections::BTreeSet<String> = all.values().flat_map(|m| m.keys().cloned()).collect();
+    let others: Vec<&String> = labels.iter().filter(|l| *l != baseline).collect();
+    print!("{:<20} {:>14} {:>10}", "step", format!("{baseline}_med"), "p95");
+    for o in &others {
+        print!(" {:>16} {:>10} {:>8}", format!("{o}_med"), "p95", "ratio");
+    }
+    println!();
+    for ((_, step), by_label) in &all {
+        let stat = |l: &str| {
+            by_label.get(l).map(|v| {
+                let mut v = v.clone();
+                v.sort_by(f64::total_cmp);
+                let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
+                (at(0.5), at(0.95))
+            })
+        };
+        let base = stat(baseline);
+        match base {
+            Some((m, p)) => print!("{step:<20} {m:>14.2} {p:>10.2}"),
+            None => print!("{step:<20} {:>14} {:>10}", "-", "-"),
+        }
+        for o in &others {
+            match (stat(o), base) {
+                (Some((m, p)), Some((bm, _))) => print!(" {m:>16.2} {p:>10.2} {:>8.2}", m / bm),
+                (Some((m, p)), None) => print!(" {m:>16.2} {p:>10.2} {:>8}", "-"),
+                _ => print!(" {:>16} {:>10} {:>8}", "-", "-", "-"),
+            }
+        }
+        println!();
+    }
     Ok(())
 }
