@@ -74,8 +74,8 @@ cleanup() {
 }
 trap cleanup EXIT
 for table in nat filter; do
-  iptables-save -t "$table" | grep -E '^-A ' | sort >"$WORK/rules-before-$table"
-  iptables-save -t "$table" | grep -oE '^:[^ ]+' | tr -d ':' | sort >"$WORK/chains-before-$table"
+  { iptables-save -t "$table" | grep -E '^-A ' || true; } | sort >"$WORK/rules-before-$table"
+  { iptables-save -t "$table" | grep -oE '^:[^ ]+' || true; } | tr -d ':' | sort >"$WORK/chains-before-$table"
 done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
