@@ -46,6 +46,8 @@ pub enum Command {
     Daemon,
     /// Print version information.
     Version,
+    /// Preflight checks: kernel features, cgroups, CNI, socket, disk, other runtimes.
+    Check,
     /// Configuration helpers.
     Config {
         #[command(subcommand)]

@@ -1,5 +1,6 @@
 //! `capstan`: the Kubernetes CRI runtime daemon and its operator commands.
 
+mod check;
 mod cli;
 mod config;
 mod cri;
@@ -53,6 +54,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 .build()
                 .map_err(|e| format!("cannot start the async runtime: {e}"))?;
             rt.block_on(server::run(config)).map_err(|e| e.to_string())
+        }
+        Some(Command::Check) => {
+            if check::print(&check::run_all(&config)) { Ok(()) } else { Err("preflight checks failed".into()) }
         }
         Some(Command::Version | Command::Config { .. }) => Ok(()),
     }
