@@ -1,6 +1,9 @@
 //! Capstan's runtime core. The CRI handlers in the agent are thin; the work is done here.
 
+pub mod atomic;
+pub mod cgroups;
 pub mod error;
+pub mod monitor;
 pub mod options;
 
 use std::path::Path;

@@ -1,0 +1,201 @@
+//! Pod and container cgroups with the cgroupfs driver, on cgroup v1 (including the v1/v2
+//! hybrid this project's hosts run) and v2.
+//!
+//! Layout (containerd's): a pod's containers live in `<cgroup_parent>/<container id>` and its
+//! infra process in `<cgroup_parent>/<pod id>`. kubelet creates `cgroup_parent` itself; when
+//! a client gives none, the pod gets `/capstan/<pod id>`. libcontainer creates container
+//! cgroups (with every missing ancestor) and removes the leaf on delete; the ancestors the
+//! runtime caused to exist are removed here when the pod goes.
+
+use std::path::{Component, Path, PathBuf};
+
+use libcgroups::common::CgroupSetup;
+
+use crate::{CgroupDriver, Error, Result};
+
+/// Parent of pod cgroups when the client gives no `cgroup_parent`.
+pub const DEFAULT_PARENT: &str = "/capstan";
+
+/// Which cgroup API the host offers; a hybrid host is driven through its v1 controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+pub fn version() -> Result<Version> {
+    match libcgroups::common::get_cgroup_setup() {
+        Ok(CgroupSetup::Unified) => Ok(Version::V2),
+        Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid) => Ok(Version::V1),
+        Err(e) => Err(Error::Internal(format!("cannot detect the cgroup setup under /sys/fs/cgroup: {e}"))),
+    }
+}
+
+/// Where a pod's cgroups go, and which of those directories this pod brought into being
+/// (removed, deepest first, with the pod).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodCgroups {
+    /// cgroupfs path relative to each hierarchy root, e.g. `/kubepods/besteffort/pod123`.
+    pub parent: PathBuf,
+    /// Directories to remove when the pod is removed, deepest first.
+    pub owned: Vec<PathBuf>,
+}
+
+impl PodCgroups {
+    /// Decides the pod's cgroup parent from the CRI `cgroup_parent`.
+    pub fn plan(driver: CgroupDriver, cgroup_parent: &str, pod_id: &str) -> Result<PodCgroups> {
+        if driver == CgroupDriver::Systemd {
+            return Err(Error::FailedPrecondition(
+                "the systemd cgroup driver is not supported yet; set [cgroup] driver = \"cgroupfs\" \
+                 (and kubelet's --cgroup-driver=cgroupfs)"
+                    .into(),
+            ));
+        }
+        if cgroup_parent.is_empty() {
+            let parent = Path::new(DEFAULT_PARENT).join(pod_id);
+            // The shared default root is removed too once it is empty.
+            return Ok(PodCgroups { owned: vec![parent.clone(), DEFAULT_PARENT.into()], parent });
+        }
+        let parent = validate(cgroup_parent)?;
+        let hierarchies = hierarchies()?;
+        let mut owned = Vec::new();
+        let mut dir = parent.clone();
+        while dir != Path::new("/") {
+            let exists = hierarchies.iter().any(|h| h.join(dir.strip_prefix("/").unwrap_or(&dir)).is_dir());
+            if exists {
+                break;
+            }
+            owned.push(dir.clone());
+            if !dir.pop() {
+                break;
+            }
+        }
+        Ok(PodCgroups { parent, owned })
+    }
+
+    /// The cgroup of one container (or of the infra process, named by the pod id).
+    pub fn child(&self, id: &str) -> PathBuf {
+        self.parent.join(id)
+    }
+
+    /// Removes the directories this pod owns in every hierarchy. Non-empty ones (another
+    /// pod still uses the default root) are left alone.
+    pub fn remove_owned(&self) -> Result<()> {
+        let hierarchies = hierarchies()?;
+        for dir in &self.owned {
+            let rel = dir.strip_prefix("/").unwrap_or(dir);
+            for h in &hierarchies {
+                remove_dir(&h.join(rel))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `rmdir` tolerating absence and, for shared ancestors, being in use.
+fn remove_dir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY)) => {
+            tracing::debug!(path = %path.display(), "cgroup still in use; left in place");
+            Ok(())
+        }
+        Err(e) => Err(Error::Io { context: "cannot remove cgroup", path: path.to_path_buf(), source: e }),
+    }
+}
+
+/// An absolute cgroupfs path without `..`; anything else is the caller's mistake.
+fn validate(cgroup_parent: &str) -> Result<PathBuf> {
+    let path = Path::new(cgroup_parent);
+    let ok = path.is_absolute() && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "cgroup_parent {cgroup_parent:?} is not an absolute cgroupfs path (a systemd slice \
+             name needs the systemd cgroup driver)"
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Mount points of every cgroup hierarchy the runtime uses: each v1 controller mount, or
+/// the one v2 mount.
+pub fn hierarchies() -> Result<Vec<PathBuf>> {
+    let mountinfo = "/proc/self/mountinfo";
+    let text = std::fs::read_to_string(mountinfo).map_err(Error::io("cannot read", mountinfo))?;
+    let want = match version()? {
+        Version::V1 => "cgroup",
+        Version::V2 => "cgroup2",
+    };
+    Ok(parse_hierarchies(&text, want))
+}
+
+fn parse_hierarchies(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == fstype).then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+/// The directory of `cgroup` in the memory hierarchy.
+pub fn memory_dir(cgroup: &Path) -> Result<PathBuf> {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    match version()? {
+        Version::V2 => Ok(Path::new("/sys/fs/cgroup").join(rel)),
+        Version::V1 => {
+            let mount = libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
+                .map_err(|e| Error::Internal(format!("no v1 memory controller mounted: {e}")))?;
+            Ok(mount.join(rel))
+        }
+    }
+}
+
+/// How many processes of `cgroup` the kernel's OOM killer has killed: v1
+/// `memory.oom_control` / v2 `memory.events`, field `oom_kill`. `None` when unreadable.
+pub fn oom_kill_count(cgroup: &Path) -> Option<u64> {
+    let dir = memory_dir(cgroup).ok()?;
+    let text = std::fs::read_to_string(dir.join("memory.events"))
+        .or_else(|_| std::fs::read_to_string(dir.join("memory.oom_control")))
+        .ok()?;
+    parse_oom_kill(&text)
+}
+
+fn parse_oom_kill(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_is_read_from_v1_and_v2_files() {
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), Some(3));
+        assert_eq!(parse_oom_kill("low 0\nhigh 0\nmax 4\noom 2\noom_kill 1\noom_group_kill 0\n"), Some(1));
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\n"), None);
+    }
+
+    #[test]
+    fn hierarchies_come_from_mountinfo() {
+        let mi = "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                  22 1 0:21 / /proc rw - proc proc rw\n";
+        assert_eq!(parse_hierarchies(mi, "cgroup"), vec![PathBuf::from("/sys/fs/cgroup/cpu")]);
+        assert_eq!(parse_hierarchies(mi, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
+    }
+
+    #[test]
+    fn parents_are_validated_and_defaulted() {
+        let p = PodCgroups::plan(CgroupDriver::Cgroupfs, "", "abc").unwrap();
+        assert_eq!(p.parent, PathBuf::from("/capstan/abc"));
+        assert_eq!(p.child("c1"), PathBuf::from("/capstan/abc/c1"));
+        assert!(PodCgroups::plan(CgroupDriver::Cgroupfs, "kubepods.slice", "a").is_err());
+        assert!(PodCgroups::plan(CgroupDriver::Cgroupfs, "/a/../b", "a").is_err());
+        let e = PodCgroups::plan(CgroupDriver::Systemd, "", "a").unwrap_err();
+        assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
+    }
+}

@@ -1,0 +1,117 @@
+//! The daemon's side of the monitor: starting one, and talking to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use cri_proto::monitor::{ErrorCode, MonitorConfig, MonitorInfo, Request, Response, Startup};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::{CONFIG_FILE, LOG_FILE, SOCKET_FILE, STATE_FILE};
+use crate::{Error, Result};
+
+/// How long a monitor may take to come up (it creates namespaces and an infra process).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline of a request that does not wait for a container.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `capstan-monitor` binary: `$CAPSTAN_MONITOR`, else next to the running executable.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CAPSTAN_MONITOR") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().unwrap_or(Path::new("/usr/bin")).join("capstan-monitor")
+}
+
+/// Writes the monitor's config, starts it, and waits for its start-up line.
+pub async fn spawn(binary: &Path, config: &MonitorConfig) -> Result<MonitorInfo> {
+    let dir = &config.pod_dir;
+    let config_path = dir.join(CONFIG_FILE);
+    crate::atomic::write_json(&config_path, config).map_err(Error::io("cannot write", &config_path))?;
+    let log_path = dir.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(Error::io("cannot open", &log_path))?;
+    let mut child = tokio::process::Command::new(binary)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| Error::Internal(format!("cannot start the pod monitor {}: {e}", binary.display())))?;
+    let stdout = child.stdout.take().ok_or_else(|| Error::Internal("monitor stdout missing".into()))?;
+    // The first process only forks the real monitor and exits.
+    let _ = child.wait().await;
+    let mut line = String::new();
+    let read = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    let failed = |why: String| Error::Internal(format!("pod monitor did not start: {why} (see {})", log_path.display()));
+    match read {
+        Err(_) => return Err(failed(format!("no answer in {} s", START_TIMEOUT.as_secs()))),
+        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Ok(Ok(_)) => {}
+    }
+    match serde_json::from_str::<Startup>(line.trim()) {
+        Ok(Startup::Ready(info)) => Ok(info),
+        Ok(Startup::Failed { message }) => Err(failed(message)),
+        Err(_) if line.is_empty() => Err(failed("it exited without a word".into())),
+        Err(e) => Err(failed(format!("unreadable start-up line {line:?}: {e}"))),
+    }
+}
+
+/// The identity the monitor wrote when it started; `None` when it never started.
+pub fn read_info(pod_dir: &Path) -> Option<MonitorInfo> {
+    crate::atomic::read_json(&pod_dir.join(STATE_FILE)).ok()
+}
+
+/// Sends one request to the monitor of the pod in `pod_dir` and returns its answer;
+/// error answers become [`Error`]s.
+pub async fn call(pod_dir: &Path, request: &Request, timeout: Duration) -> Result<Response> {
+    let exchange = async {
+        let mut stream = connect(pod_dir).await?;
+        let mut line = serde_json::to_vec(request).map_err(|e| Error::Internal(e.to_string()))?;
+        line.push(b'\n');
+        stream.write_all(&line).await.map_err(|e| lost(pod_dir, e))?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        if reader.read_line(&mut answer).await.map_err(|e| lost(pod_dir, e))? == 0 {
+            return Err(Error::Unavailable(format!("the pod monitor in {} closed the connection", pod_dir.display())));
+        }
+        serde_json::from_str::<Response>(&answer).map_err(|e| Error::Internal(format!("bad monitor answer {answer:?}: {e}")))
+    };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| Error::DeadlineExceeded(format!("the pod monitor did not answer in {} s", timeout.as_secs())))??;
+    match response {
+        Response::Error { code, message } => Err(match code {
+            ErrorCode::NotFound | ErrorCode::FailedPrecondition => Error::FailedPrecondition(message),
+            ErrorCode::AlreadyExists => Error::AlreadyExists(message),
+            ErrorCode::InvalidArgument => Error::InvalidArgument(message),
+            ErrorCode::Internal => Error::Internal(message),
+        }),
+        other => Ok(other),
+    }
+}
+
+fn lost(pod_dir: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable(format!("lost the pod monitor in {}: {e}", pod_dir.display()))
+}
+
+/// Connects to `<pod dir>/monitor.sock`, through `/proc/self/fd` when the path is longer
+/// than a socket address allows.
+async fn connect(pod_dir: &Path) -> Result<UnixStream> {
+    let path = pod_dir.join(SOCKET_FILE);
+    let unavailable = |e: std::io::Error| Error::Unavailable(format!("the pod monitor is not running ({}: {e})", path.display()));
+    if path.as_os_str().len() < 100 {
+        return UnixStream::connect(&path).await.map_err(unavailable);
+    }
+    let dir = std::fs::File::open(pod_dir).map_err(unavailable)?;
+    use std::os::fd::AsRawFd;
+    let short = format!("/proc/self/fd/{}/{SOCKET_FILE}", dir.as_raw_fd());
+    let stream = UnixStream::connect(&short).await.map_err(unavailable);
+    drop(dir);
+    stream
+}

@@ -1,0 +1,128 @@
+//! Creating containers with libcontainer, in a short-lived child of the monitor.
+//!
+//! libcontainer changes the calling process while it creates a container: it writes the
+//! container's `oom_score_adj` into `/proc/self` (which root without CAP_SYS_RESOURCE can
+//! never lower again), makes the process non-dumpable and changes directory. Running it in
+//! a forked child keeps the monitor itself clean; the container's init still ends up as the
+//! monitor's child because the monitor is the subreaper of everything below it.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{ForkResult, Pid};
+
+/// The container's standard streams as the monitor hands them over.
+pub enum Stdio {
+    /// Pipes: stdin reads /dev/null, stdout and stderr are write ends of the monitor's pipes.
+    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    /// A terminal: libcontainer sends the pty master over this console socket.
+    Console { socket: PathBuf },
+}
+
+/// Runs libcontainer's create for `id` (bundle at `bundle`, state under `root`) in a forked
+/// child; returns the pid of the container's init, which waits for [`start`].
+pub fn create(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
+    let (result_r, result_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // Safety: the monitor is single-threaded, so the child may run arbitrary code.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            drop(result_r);
+            super::signals::reset_for_child();
+            let answer = match build(root, id, bundle, stdio) {
+                Ok(pid) => format!("ok {pid}"),
+                Err(e) => e,
+            };
+            let _ = nix::unistd::write(&result_w, answer.as_bytes());
+            // Skip Rust's exit path: destructors of the monitor's state belong to the monitor.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(result_w);
+            drop(stdio);
+            // Wait for the launcher, not for EOF: the container's init inherited the pipe's
+            // write end and keeps it until it execs, i.e. until `start`. The launcher wrote
+            // its answer before exiting, so it is in the pipe now.
+            let status = nix::sys::wait::waitpid(child, None);
+            let mut bytes = Vec::new();
+            let mut file = std::fs::File::from(result_r);
+            let _ = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+            // Ends in WouldBlock once the answer is read; the bytes read so far are kept.
+            let _ = file.read_to_end(&mut bytes);
+            let answer = String::from_utf8_lossy(&bytes).into_owned();
+            if let Some(pid) = answer.strip_prefix("ok ") {
+                return pid.trim().parse::<i32>().map(Pid::from_raw).map_err(|e| format!("bad pid {pid:?}: {e}"));
+            }
+            if answer.is_empty() {
+                return Err(format!("the container launcher died ({status:?})"));
+            }
+            Err(answer)
+        }
+    }
+}
+
+fn build(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
+    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| chain(&e))?;
+    builder = match stdio {
+        Stdio::Pipes { stdin, stdout, stderr } => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
+        Stdio::Console { socket } => builder.with_console_socket(Some(socket)),
+    };
+    let container = builder
+        .validate_id()
+        .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build())
+        .map_err(|e| chain(&e))?;
+    container.pid().ok_or_else(|| "libcontainer created the container but recorded no pid".to_string())
+}
+
+/// Lets a created container exec its process.
+pub fn start(root: &Path, id: &str) -> Result<(), String> {
+    let mut container = Container::load(root.join(id)).map_err(|e| chain(&e))?;
+    container.start().map_err(|e| chain(&e))
+}
+
+/// Signals every process in the container's cgroup (its init may be gone already).
+pub fn kill_all(root: &Path, id: &str, signal: nix::sys::signal::Signal) -> Result<(), String> {
+    let mut container = Container::load(root.join(id)).map_err(|e| chain(&e))?;
+    container.kill(signal, true).map_err(|e| chain(&e))
+}
+
+/// Removes the container's cgroup and libcontainer state; a missing state is no error.
+pub fn delete(root: &Path, id: &str) -> Result<(), String> {
+    let dir = root.join(id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut container = Container::load(dir).map_err(|e| chain(&e))?;
+    container.delete(true).map_err(|e| chain(&e))
+}
+
+/// An error with its causes, for messages that reach the operator.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// The exit code kubelet shows: the status, or 128 + signal number.
+pub fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}

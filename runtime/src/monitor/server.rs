@@ -1,0 +1,300 @@
+//! The monitor's single-threaded event loop: one `poll` over the SIGCHLD pipe, the control
+//! socket, the daemon's connections and every container's output.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Instant;
+
+use cri_proto::monitor::{ErrorCode, MonitorConfig, MonitorInfo, PROTOCOL_VERSION, Request, Response};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::containers::Ctr;
+use super::infra::Infra;
+use super::signals::ChildSignals;
+
+/// Longest request line accepted; anything longer is a confused client.
+const MAX_REQUEST: usize = 1 << 20;
+
+pub struct Monitor {
+    pub(super) config: MonitorConfig,
+    pub(super) info: MonitorInfo,
+    pub(super) infra: Infra,
+    pub(super) signals: ChildSignals,
+    pub(super) listener: UnixListener,
+    pub(super) containers: BTreeMap<String, Ctr>,
+    conns: BTreeMap<u64, Conn>,
+    next_conn: u64,
+    exit: bool,
+}
+
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+}
+
+/// What a poll slot belongs to.
+#[derive(Clone)]
+enum Slot {
+    Signals,
+    Listener,
+    Conn(u64),
+    Output(String, usize),
+}
+
+pub(super) type Reply = Result<Option<Response>, (ErrorCode, String)>;
+
+impl Monitor {
+    pub fn new(config: MonitorConfig, info: MonitorInfo, infra: Infra, signals: ChildSignals, listener: UnixListener) -> Self {
+        Monitor { config, info, infra, signals, listener, containers: BTreeMap::new(), conns: BTreeMap::new(), next_conn: 0, exit: false }
+    }
+
+    /// Runs until a `Shutdown` request has been answered.
+    pub fn run(mut self) {
+        while !self.exit {
+            let (slots, ready) = match self.wait() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll failed");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            self.fire_deadlines();
+            for (slot, revents) in slots.into_iter().zip(ready) {
+                if revents.is_empty() {
+                    continue;
+                }
+                match slot {
+                    Slot::Signals => {
+                        self.signals.drain();
+                        self.reap();
+                    }
+                    Slot::Listener => self.accept(),
+                    Slot::Conn(id) => self.read_conn(id),
+                    Slot::Output(id, index) => {
+                        if let Some(ctr) = self.containers.get_mut(&id) {
+                            ctr.read_output(index);
+                        }
+                    }
+                }
+            }
+            for ctr in self.containers.values_mut() {
+                ctr.outputs.retain(|o| !o.closed);
+            }
+        }
+        tracing::info!(pod_id = %self.config.pod_id, "monitor exits");
+    }
+
+    /// Polls everything; returns the slots and what happened on each.
+    fn wait(&self) -> nix::Result<(Vec<Slot>, Vec<PollFlags>)> {
+        let mut slots = vec![Slot::Signals, Slot::Listener];
+        let mut fds = vec![
+            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        for (id, conn) in &self.conns {
+            slots.push(Slot::Conn(*id));
+            fds.push(PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN));
+        }
+        for (id, ctr) in &self.containers {
+            for (index, output) in ctr.outputs.iter().enumerate() {
+                slots.push(Slot::Output(id.clone(), index));
+                fds.push(PollFd::new(output.file.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        let timeout = self.next_deadline().map_or(PollTimeout::NONE, |d| {
+            let ms = d.saturating_duration_since(Instant::now()).as_millis().min(60_000) as u16;
+            PollTimeout::from(ms.max(1))
+        });
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        let ready = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+        Ok((slots, ready))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.containers.values().filter_map(|c| c.kill_deadline).min()
+    }
+
+    /// Stop timeouts that ran out: SIGKILL everything in the container's cgroup.
+    fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        let root = self.youki_root();
+        for ctr in self.containers.values_mut() {
+            if ctr.kill_deadline.is_some_and(|d| d <= now) {
+                ctr.kill_deadline = None;
+                tracing::info!(container_id = %ctr.record.id, "stop timeout expired; sending SIGKILL");
+                ctr.kill_everything(&root);
+            }
+        }
+    }
+
+    /// Collects every child that exited: containers get their exit recorded.
+    pub(super) fn reap(&mut self) {
+        loop {
+            let status = match nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => return,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "waitpid failed");
+                    return;
+                }
+                Ok(status) => status,
+            };
+            let Some(pid) = status.pid() else { continue };
+            if self.infra.pid == Some(pid) {
+                tracing::error!(pod_id = %self.config.pod_id, ?status, "the pod infra process died");
+                self.infra.pid = None;
+                continue;
+            }
+            let Some(ctr) = self.containers.values_mut().find(|c| c.running_pid() == Some(pid)) else {
+                tracing::debug!(%pid, ?status, "reaped an orphan");
+                continue;
+            };
+            let waiters = ctr.exited(status);
+            for conn in waiters {
+                self.send(conn, &Response::Ok);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nonblocking(true) {
+                        tracing::warn!(error = %e, "cannot use a daemon connection");
+                        continue;
+                    }
+                    self.next_conn += 1;
+                    self.conns.insert(self.next_conn, Conn { stream, input: Vec::new() });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_conn(&mut self, id: u64) {
+        let mut buf = [0u8; 8192];
+        let mut closed = false;
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => conn.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(pos) = conn.input.iter().position(|&b| b == b'\n') {
+            lines.push(conn.input.drain(..=pos).collect::<Vec<u8>>());
+        }
+        if conn.input.len() > MAX_REQUEST {
+            closed = true;
+        }
+        for line in lines {
+            self.dispatch(id, &line);
+        }
+        if closed {
+            self.drop_conn(id);
+        }
+    }
+
+    fn drop_conn(&mut self, id: u64) {
+        self.conns.remove(&id);
+        for ctr in self.containers.values_mut() {
+            ctr.waiters.retain(|w| *w != id);
+        }
+    }
+
+    fn dispatch(&mut self, conn: u64, line: &[u8]) {
+        let reply = match serde_json::from_slice::<Request>(line) {
+            Ok(request) => {
+                tracing::debug!(?request, "request");
+                self.handle(conn, request)
+            }
+            Err(e) => Err((ErrorCode::InvalidArgument, format!("unknown or malformed request: {e}"))),
+        };
+        match reply {
+            Ok(Some(response)) => self.send(conn, &response),
+            Ok(None) => {}
+            Err((code, message)) => {
+                tracing::warn!(?code, %message, "request failed");
+                self.send(conn, &Response::Error { code, message });
+            }
+        }
+    }
+
+    fn handle(&mut self, conn: u64, request: Request) -> Reply {
+        match request {
+            Request::Ping => Ok(Some(Response::Pong { version: PROTOCOL_VERSION, info: self.info.clone() })),
+            Request::Create(create) => self.create(create).map(|r| Some(Response::Container(r))),
+            Request::Start { id } => self.start(&id).map(|r| Some(Response::Container(r))),
+            Request::Stop { id, signal, timeout_ms } => self.stop(conn, &id, signal, timeout_ms),
+            Request::Remove { id } => self.remove(&id).map(|()| Some(Response::Ok)),
+            Request::Status { id } => {
+                let ctr = self.containers.get(&id).ok_or_else(|| not_found(&id))?;
+                Ok(Some(Response::Container(ctr.record.clone())))
+            }
+            Request::ReopenLog { id } => {
+                let ctr = self.containers.get_mut(&id).ok_or_else(|| not_found(&id))?;
+                ctr.log.reopen().map_err(|e| (ErrorCode::Internal, format!("cannot reopen the log: {e}")))?;
+                Ok(Some(Response::Ok))
+            }
+            Request::Shutdown => {
+                self.shutdown();
+                self.exit = true;
+                Ok(Some(Response::Ok))
+            }
+        }
+    }
+
+    /// Writes one response line; a daemon that went away just loses it.
+    pub(super) fn send(&mut self, conn: u64, response: &Response) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let mut line = match serde_json::to_vec(response) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a response");
+                return;
+            }
+        };
+        line.push(b'\n');
+        // Responses are small; a full socket buffer means the daemon is stuck, so give it
+        // a moment in blocking mode and then give up on the connection.
+        let _ = c.stream.set_nonblocking(false);
+        let _ = c.stream.set_write_timeout(Some(std::time::Duration::from_secs(2)));
+        let ok = c.stream.write_all(&line).is_ok();
+        let _ = c.stream.set_nonblocking(true);
+        if !ok {
+            self.drop_conn(conn);
+        }
+    }
+
+    pub(super) fn youki_root(&self) -> std::path::PathBuf {
+        self.config.pod_dir.join("youki")
+    }
+}
+
+pub(super) fn not_found(id: &str) -> (ErrorCode, String) {
+    (ErrorCode::NotFound, format!("container {id:?} not found in this pod's monitor"))
+}
