@@ -168,6 +168,22 @@ fn parse_oom_kill(text: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok())
 }
 
+/// SIGKILLs whatever still runs in `cgroup` and removes it (the leaf) from every hierarchy.
+/// For pods whose monitor is gone; errors are logged, cleanup goes on.
+pub fn kill_and_remove(cgroup: &Path) {
+    use libcgroups::common::CgroupManager;
+    let result = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+        cgroup_path: cgroup.to_path_buf(),
+        systemd_cgroup: false,
+        container_name: String::new(),
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|m| m.remove().map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        tracing::warn!(cgroup = %cgroup.display(), error = %e, "cannot remove cgroup");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

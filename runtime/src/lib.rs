@@ -2,9 +2,13 @@
 
 pub mod atomic;
 pub mod cgroups;
+pub mod container;
 pub mod error;
+pub mod id;
 pub mod monitor;
+pub mod mounts;
 pub mod options;
+pub mod sandbox;
 
 use std::path::Path;
 
@@ -15,6 +19,8 @@ pub use options::{CgroupDriver, CniOptions, ImageOptions, RuntimeOptions};
 #[derive(Debug)]
 pub struct Runtime {
     options: RuntimeOptions,
+    pub(crate) sandboxes: sandbox::SandboxStore,
+    pub(crate) containers: container::ContainerStore,
 }
 
 impl Runtime {
@@ -23,7 +29,11 @@ impl Runtime {
         for dir in [&options.root_dir, &options.state_dir] {
             create_private_dir(dir)?;
         }
-        Ok(Runtime { options })
+        // Pods and containers survive daemon restarts: reload their records.
+        let sandboxes = sandbox::SandboxStore::open(&options.root_dir)?;
+        let containers = container::ContainerStore::open(&options.root_dir)?;
+        sandbox::report_monitors(&sandboxes);
+        Ok(Runtime { options, sandboxes, containers })
     }
 
     pub fn options(&self) -> &RuntimeOptions {

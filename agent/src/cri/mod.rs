@@ -1,11 +1,22 @@
 //! The CRI v1 gRPC edge: one file per call, each thin (decode, validate, call the runtime,
 //! map errors in `error.rs`).
 
+mod container_status;
+mod create_container;
 mod error;
 mod image_service;
+mod list_containers;
+mod list_pod_sandbox;
+mod pod_sandbox_status;
+mod remove_container;
+mod remove_pod_sandbox;
+mod run_pod_sandbox;
 mod runtime_config;
 mod runtime_service;
+mod start_container;
 mod status;
+mod stop_container;
+mod stop_pod_sandbox;
 mod version;
 
 use std::sync::Arc;

@@ -16,48 +16,48 @@ impl cri_proto::RuntimeService for Cri {
         Ok(Response::new(self.version()))
     }
 
-    async fn run_pod_sandbox(&self, _request: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
-        unimplemented("RunPodSandbox")
+    async fn run_pod_sandbox(&self, request: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+        self.run_pod_sandbox(request.into_inner()).await.map(Response::new)
     }
 
-    async fn stop_pod_sandbox(&self, _request: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
-        unimplemented("StopPodSandbox")
+    async fn stop_pod_sandbox(&self, request: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+        self.stop_pod_sandbox(request.into_inner()).await.map(Response::new)
     }
 
-    async fn remove_pod_sandbox(&self, _request: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        unimplemented("RemovePodSandbox")
+    async fn remove_pod_sandbox(&self, request: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        self.remove_pod_sandbox(request.into_inner()).await.map(Response::new)
     }
 
-    async fn pod_sandbox_status(&self, _request: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        unimplemented("PodSandboxStatus")
+    async fn pod_sandbox_status(&self, request: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        self.pod_sandbox_status(request.into_inner()).map(Response::new)
     }
 
-    async fn list_pod_sandbox(&self, _request: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
-        unimplemented("ListPodSandbox")
+    async fn list_pod_sandbox(&self, request: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+        Ok(Response::new(self.list_pod_sandbox(request.into_inner())))
     }
 
-    async fn create_container(&self, _request: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
-        unimplemented("CreateContainer")
+    async fn create_container(&self, request: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+        self.create_container(request.into_inner()).await.map(Response::new)
     }
 
-    async fn start_container(&self, _request: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
-        unimplemented("StartContainer")
+    async fn start_container(&self, request: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+        self.start_container(request.into_inner()).await.map(Response::new)
     }
 
-    async fn stop_container(&self, _request: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
-        unimplemented("StopContainer")
+    async fn stop_container(&self, request: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+        self.stop_container(request.into_inner()).await.map(Response::new)
     }
 
-    async fn remove_container(&self, _request: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
-        unimplemented("RemoveContainer")
+    async fn remove_container(&self, request: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.remove_container(request.into_inner()).await.map(Response::new)
     }
 
-    async fn list_containers(&self, _request: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
-        unimplemented("ListContainers")
+    async fn list_containers(&self, request: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+        Ok(Response::new(self.list_containers(request.into_inner())))
     }
 
-    async fn container_status(&self, _request: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
-        unimplemented("ContainerStatus")
+    async fn container_status(&self, request: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+        self.container_status(request.into_inner()).map(Response::new)
     }
 
     async fn update_container_resources(&self, _request: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {

@@ -44,10 +44,16 @@ pub async fn spawn(binary: &Path, config: &MonitorConfig) -> Result<MonitorInfo>
         .spawn()
         .map_err(|e| Error::Internal(format!("cannot start the pod monitor {}: {e}", binary.display())))?;
     let stdout = child.stdout.take().ok_or_else(|| Error::Internal("monitor stdout missing".into()))?;
-    // The first process only forks the real monitor and exits.
-    let _ = child.wait().await;
     let mut line = String::new();
     let read = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        let _ = child.start_kill();
+    }
+    // Reap the monitor when it exits while this daemon lives; after a daemon restart it
+    // is init's child.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
     let failed = |why: String| Error::Internal(format!("pod monitor did not start: {why} (see {})", log_path.display()));
     match read {
         Err(_) => return Err(failed(format!("no answer in {} s", START_TIMEOUT.as_secs()))),

@@ -1,9 +1,10 @@
 //! `capstan-monitor`: one process per pod that outlives the daemon.
 //!
 //! The daemon starts `capstan-monitor <pod dir>` after writing `<pod dir>/monitor.json`
-//! ([`MonitorConfig`]). The monitor detaches (forks; the first process exits at once, the
-//! second starts its own session, so it is nobody's child and survives `kill -9` of the
-//! daemon), becomes the child subreaper of everything it starts, creates the pod's infra
+//! ([`MonitorConfig`]). The monitor starts a session of its own (no signal aimed at the
+//! daemon's process group or terminal reaches it, and `kill -9` of the daemon leaves it
+//! running, re-parented to init), becomes the child subreaper of everything it starts,
+//! creates the pod's infra
 //! process and pinned namespaces, listens on `<pod dir>/monitor.sock`, and then prints one
 //! [`Startup`] line on the stdout the daemon reads. From then on it serves the protocol in
 //! `cri_proto::monitor` from a single thread: libcontainer is not made for threads.
@@ -29,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cri_proto::monitor::{MonitorConfig, MonitorInfo, Startup};
-use nix::unistd::ForkResult;
 
 pub use infra::sysctl_is_namespaced;
 
@@ -44,15 +44,6 @@ pub fn main() -> ExitCode {
         eprintln!("usage: capstan-monitor <pod state dir>  (started by the capstan daemon)");
         return ExitCode::from(2);
     };
-    // Detach: the parent returns to the daemon at once, the child carries on.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Parent { .. }) => return ExitCode::SUCCESS,
-        Ok(ForkResult::Child) => {}
-        Err(e) => {
-            report(&Startup::Failed { message: format!("fork: {e}") });
-            return ExitCode::FAILURE;
-        }
-    }
     match start(&pod_dir) {
         Ok(monitor) => {
             report(&Startup::Ready(monitor.info.clone()));

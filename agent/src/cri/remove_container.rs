@@ -1,0 +1,14 @@
+//! `RemoveContainer`: kills it if running, then removes it. Removing a removed container
+//! is no error.
+
+use cri_proto::v1::{RemoveContainerRequest, RemoveContainerResponse};
+use tonic::Status;
+
+use super::{Cri, to_status};
+
+impl Cri {
+    pub(super) async fn remove_container(&self, req: RemoveContainerRequest) -> Result<RemoveContainerResponse, Status> {
+        self.runtime.remove_container(&req.container_id).await.map_err(to_status)?;
+        Ok(RemoveContainerResponse {})
+    }
+}

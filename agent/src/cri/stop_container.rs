@@ -1,0 +1,14 @@
+//! `StopContainer`: StopSignal, `timeout` seconds, then SIGKILL. Stopping a stopped
+//! container is no error.
+
+use cri_proto::v1::{StopContainerRequest, StopContainerResponse};
+use tonic::Status;
+
+use super::{Cri, to_status};
+
+impl Cri {
+    pub(super) async fn stop_container(&self, req: StopContainerRequest) -> Result<StopContainerResponse, Status> {
+        self.runtime.stop_container(&req.container_id, req.timeout).await.map_err(to_status)?;
+        Ok(StopContainerResponse {})
+    }
+}

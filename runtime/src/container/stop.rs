@@ -1,0 +1,43 @@
+//! StopContainer: the image's StopSignal (default SIGTERM), `timeout` seconds, then SIGKILL
+//! for everything in the container's cgroup. Stopping a stopped container is no error.
+
+use std::time::Duration;
+
+use cri_proto::monitor::Request;
+
+use super::store::{Container, has_exited};
+use crate::monitor::client;
+use crate::sandbox::SandboxRecord;
+use crate::{Result, Runtime};
+
+impl Runtime {
+    pub async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<()> {
+        let c = self.containers.find(id)?;
+        let sandbox = self.sandboxes.find(&c.record.pod_id)?;
+        let _shared = sandbox.lock.read().await;
+        let _lock = c.lock.lock().await;
+        self.stop_locked(&sandbox.record(), &c, timeout_secs).await
+    }
+
+    /// Stops `c`; the caller holds its lock. Returns once it has exited.
+    pub(crate) async fn stop_locked(&self, pod: &SandboxRecord, c: &Container, timeout_secs: i64) -> Result<()> {
+        let status = c.record.runtime_status();
+        if status.is_none() || has_exited(&status) {
+            return Ok(());
+        }
+        if !pod.monitor_alive() {
+            // Nobody holds it any more: make sure nothing of it runs.
+            let cgroup = c.record.cgroup.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::cgroups::kill_and_remove(&cgroup)).await;
+            return Ok(());
+        }
+        let timeout_ms = u64::try_from(timeout_secs).unwrap_or(0).saturating_mul(1000);
+        let (signal, timeout_ms) = if timeout_ms == 0 { (libc::SIGKILL, 0) } else { (c.record.stop_signal, timeout_ms) };
+        tracing::info!(container_id = %c.record.id, signal, timeout_ms, "stopping container");
+        let request = Request::Stop { id: c.record.id.clone(), signal, timeout_ms };
+        // The monitor answers once the container has exited: the timeout, then SIGKILL.
+        let deadline = Duration::from_millis(timeout_ms) + client::CALL_TIMEOUT;
+        client::call(&pod.pod_dir, &request, deadline).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! Finding and undoing mounts below a directory, so that removing a directory never
+//! descends into a filesystem still mounted inside it.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MntFlags;
+
+use crate::{Error, Result};
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let path = "/proc/self/mountinfo";
+    let text = std::fs::read_to_string(path).map_err(Error::io("cannot read", path))?;
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// Lazily unmounts everything at or below `dir`.
+pub fn unmount_under(dir: &Path) -> Result<()> {
+    for mount in mounts_under(dir)? {
+        // Stacked mounts on one point need one umount each.
+        for _ in 0..8 {
+            match nix::mount::umount2(&mount, MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => break,
+                Err(e) => return Err(Error::Io { context: "cannot unmount", path: mount, source: e.into() }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and everything below it, after unmounting whatever is mounted there.
+pub fn remove_dir_all(dir: &Path) -> Result<()> {
+    unmount_under(dir)?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io { context: "cannot remove", path: dir.to_path_buf(), source: e }),
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn octal_escapes_are_decoded() {
+        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn tmpfs_below_a_dir_is_unmounted_before_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("a/shm");
+        std::fs::create_dir_all(&inner).unwrap();
+        nix::mount::mount(Some("t"), &inner, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+        std::fs::write(inner.join("f"), b"x").unwrap();
+        assert_eq!(mounts_under(dir.path()).unwrap(), vec![inner.clone()]);
+        remove_dir_all(&dir.path().join("a")).unwrap();
+        assert!(!dir.path().join("a").exists());
+        assert!(mounts_under(dir.path()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,56 @@
+//! RemovePodSandbox: stop the pod if needed, remove its containers, unmount /dev/shm,
+//! remove the pod dir, the pod cgroups it created, the log dir it created, and the record.
+//! Idempotent. Also the unwinding of a RunPodSandbox that failed half-way.
+
+use std::path::Path;
+
+use super::store::Sandbox;
+use crate::{Error, Result, Runtime};
+
+impl Runtime {
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let sandbox = match self.sandboxes.find(id) {
+            Ok(s) => s,
+            // RemovePodSandbox is idempotent: removing a removed pod succeeds.
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _exclusive = sandbox.lock.write().await;
+        self.destroy_sandbox(&sandbox).await?;
+        tracing::info!(pod_id = %sandbox.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// Tears down everything the pod's record says exists; the caller holds its lock.
+    pub(crate) async fn destroy_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
+        self.stop_sandbox_locked(sandbox).await?;
+        for c in self.containers.of_pod(&sandbox.id) {
+            let _c = c.lock.lock().await;
+            self.forget_container(&c).await?;
+        }
+        let record = sandbox.record();
+        let cgroups = record.cgroups.clone();
+        let pod_dir = record.pod_dir.clone();
+        let log_dir = record.log_dir_created.then(|| record.config.log_directory.clone());
+        tokio::task::spawn_blocking(move || {
+            // Unmounts /dev/shm (and anything left) before removing the directory.
+            crate::mounts::remove_dir_all(&pod_dir)?;
+            cgroups.remove_owned()?;
+            if let Some(dir) = log_dir {
+                remove_tree(Path::new(&dir))?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("cleanup task failed: {e}")))??;
+        self.sandboxes.remove(sandbox)
+    }
+}
+
+fn remove_tree(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io { context: "cannot remove", path: dir.to_path_buf(), source: e }),
+    }
+}

@@ -1,0 +1,95 @@
+//! StopPodSandbox: kill the pod's containers (their exits are recorded), tear the network
+//! down (CNI DEL), then shut the monitor down, which removes the infra process, the pinned
+//! namespaces and the infra cgroup. Idempotent: a missing or stopped pod is no error.
+
+use std::time::Duration;
+
+use cri_proto::monitor::Request;
+
+use super::store::{Sandbox, SandboxRecord, SandboxState};
+use crate::container::store::has_exited;
+use crate::monitor::client;
+use crate::{Error, Result, Runtime};
+
+impl Runtime {
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let sandbox = match self.sandboxes.find(id) {
+            Ok(s) => s,
+            // StopPodSandbox is idempotent: kubelet may call it for a pod already removed.
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _exclusive = sandbox.lock.write().await;
+        self.stop_sandbox_locked(&sandbox).await
+    }
+
+    /// Stops the pod; the caller holds its lock exclusively.
+    pub(crate) async fn stop_sandbox_locked(&self, sandbox: &Sandbox) -> Result<()> {
+        let record = sandbox.record();
+        if record.monitor_alive() {
+            for c in self.containers.of_pod(&record.id) {
+                let _c = c.lock.lock().await;
+                if has_exited(&c.record.runtime_status()) || c.record.runtime_status().is_none() {
+                    continue;
+                }
+                let stop = Request::Stop { id: c.record.id.clone(), signal: libc::SIGKILL, timeout_ms: 0 };
+                if let Err(e) = client::call(&record.pod_dir, &stop, client::CALL_TIMEOUT).await {
+                    tracing::warn!(pod_id = %record.id, container_id = %c.record.id, error = %e, "cannot kill container");
+                }
+            }
+        }
+        self.teardown_pod_network(sandbox).await?;
+        self.shutdown_monitor(&record).await?;
+        if record.state != SandboxState::NotReady {
+            sandbox.update(&self.sandboxes, |r| r.state = SandboxState::NotReady)?;
+            tracing::info!(pod_id = %record.id, "pod sandbox stopped");
+        }
+        Ok(())
+    }
+
+    /// Asks the monitor to tear the pod down; when it is gone (crashed, or the machine
+    /// rebooted), does what it would have done.
+    async fn shutdown_monitor(&self, record: &SandboxRecord) -> Result<()> {
+        let info = record.monitor.clone().or_else(|| client::read_info(&record.pod_dir));
+        if let Some(info) = info.filter(crate::monitor::is_alive) {
+            match client::call(&record.pod_dir, &Request::Shutdown, Duration::from_secs(60)).await {
+                Ok(_) => {
+                    wait_gone(&info).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(pod_id = %record.id, error = %e, "monitor did not shut down; killing it");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(info.pid), nix::sys::signal::Signal::SIGKILL);
+                    wait_gone(&info).await;
+                }
+            }
+        }
+        self.clean_up_without_monitor(record).await
+    }
+
+    /// Kills what is left in the pod's cgroups and releases its namespaces.
+    async fn clean_up_without_monitor(&self, record: &SandboxRecord) -> Result<()> {
+        let mut cgroups: Vec<_> = self.containers.of_pod(&record.id).iter().map(|c| c.record.cgroup.clone()).collect();
+        cgroups.push(record.cgroups.child(&record.id));
+        let ns_dir = record.pod_dir.join("ns");
+        let youki = record.pod_dir.join("youki");
+        tokio::task::spawn_blocking(move || {
+            for cgroup in cgroups {
+                crate::cgroups::kill_and_remove(&cgroup);
+            }
+            crate::mounts::unmount_under(&ns_dir)?;
+            let _ = std::fs::remove_dir_all(&youki);
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("cleanup task failed: {e}")))?
+    }
+}
+
+/// Waits (bounded) until the monitor process is gone, so its mounts are released.
+async fn wait_gone(info: &cri_proto::monitor::MonitorInfo) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while crate::monitor::is_alive(info) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
