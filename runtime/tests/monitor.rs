@@ -56,10 +56,19 @@ impl Pod {
 
     /// Writes a bundle for `args` and creates the container.
     async fn create(&self, id: &str, args: &[&str], memory_limit: Option<i64>) -> ContainerRecord {
+        self.create_with(id, args, memory_limit, false).await
+    }
+
+    async fn create_with(&self, id: &str, args: &[&str], memory_limit: Option<i64>, tty: bool) -> ContainerRecord {
         let bundle = self.path().join("bundles").join(id);
         std::fs::create_dir_all(&bundle).unwrap();
         let rootfs = busybox_rootfs(&bundle.join("rootfs"));
-        let spec = spec(&rootfs, args, &self.info, &self.cgroup_parent.join(id), memory_limit);
+        let mut spec = spec(&rootfs, args, &self.info, &self.cgroup_parent.join(id), memory_limit);
+        if tty {
+            let mut process = spec.process().clone().unwrap();
+            process.set_terminal(Some(true));
+            spec.set_process(Some(process));
+        }
         spec.save(bundle.join("config.json")).unwrap();
         let request = CreateContainer {
             id: id.into(),
@@ -307,4 +316,58 @@ async fn shutdown_kills_running_containers_and_releases_everything() {
     shutdown(&pod).await;
     assert!(!Path::new(&format!("/proc/{pid}")).exists() || proc_is_zombie(pid));
     assert!(!pod.path().join("youki").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_container_logs_its_output_as_stdout() {
+    let pod = Pod::start(all_ns()).await;
+    pod.create_with("t", &["sh", "-c", "tty; echo to-stderr >&2; exit 0"], None, true).await;
+    let _ = pod.call(Request::Start { id: "t".into() }).await.unwrap();
+    let r = pod.wait_exit("t").await;
+    assert_eq!((r.exit_code, r.reason.as_str()), (0, "Completed"), "{}", pod.monitor_log());
+    // The output may still be in flight from the terminal after the exit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pod.log("t").contains("to-stderr") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = pod.log("t");
+    assert!(log.contains("stdout F /dev/pts/0") || log.contains("stdout F /dev/console"), "{log}");
+    assert!(log.contains("stdout F to-stderr"), "terminal output is one stream: {log}");
+    assert!(!log.contains(" stderr "), "{log}");
+    shutdown(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_join_the_pod_pid_namespace_when_shared() {
+    let pod = Pod::start(PodNamespaces { pid: true, ..all_ns() }).await;
+    let pidns = pod.info.namespace_paths.get("pid").cloned().expect("pinned pid namespace");
+    let bundle_args = ["sh", "-c", "ps -o pid,comm 2>/dev/null || ls /proc"];
+    // Build the spec by hand: pid namespace joined by path.
+    let bundle = pod.path().join("bundles").join("p");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let rootfs = busybox_rootfs(&bundle.join("rootfs"));
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/ps")).unwrap();
+    let mut spec = spec(&rootfs, &bundle_args, &pod.info, &pod.cgroup_parent.join("p"), None);
+    let mut linux = spec.linux().clone().unwrap();
+    let mut namespaces = linux.namespaces().clone().unwrap();
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+    namespaces.push(ns(LinuxNamespaceType::Pid, Some(&pidns)));
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    spec.save(bundle.join("config.json")).unwrap();
+    let request = CreateContainer {
+        id: "p".into(),
+        bundle,
+        status_path: pod.path().join("p.status.json"),
+        log_path: Some(pod.path().join("logs/p.log")),
+        description: String::new(),
+    };
+    pod.call(Request::Create(request)).await.unwrap();
+    let _ = pod.call(Request::Start { id: "p".into() }).await.unwrap();
+    let r = pod.wait_exit("p").await;
+    assert_eq!(r.exit_code, 0, "{}", pod.log("p"));
+    // The infra process is pid 1 of the shared namespace, and the container sees it.
+    let log = pod.log("p");
+    assert!(log.lines().any(|l| l.contains(" 1 capstan-pause") || l.ends_with("    1 capstan-pau")), "{log}");
+    shutdown(&pod).await;
 }
