@@ -28,6 +28,53 @@ pub struct NetworkConfigList {
     pub path: PathBuf,
     /// The raw list, as handed to plugins (with `name` and `cniVersion` injected per plugin).
     pub raw: serde_json::Value,
+    /// `disableCheck`: the administrator asked runtimes not to run CHECK on this network.
+    pub disable_check: bool,
+}
+
+impl NetworkConfigList {
+    /// Every plugin binary the list needs: each plugin's `type` and, where given, its
+    /// `ipam.type` (IPAM plugins are run by the main plugin from `CNI_PATH`).
+    pub fn plugin_types(&self) -> Vec<String> {
+        let mut types = Vec::new();
+        for p in &self.plugins {
+            for t in [p.get("type"), p.get("ipam").and_then(|i| i.get("type"))].into_iter().flatten() {
+                if let Some(t) = t.as_str()
+                    && !types.iter().any(|x| x == t)
+                {
+                    types.push(t.to_string());
+                }
+            }
+        }
+        types
+    }
+
+    /// Parses a list (or a single plugin configuration) already read as JSON, e.g. the copy
+    /// kept with a cached result. `path` says where it came from, for messages.
+    pub fn from_value(value: serde_json::Value, path: &Path) -> Result<NetworkConfigList, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { path: path.to_path_buf(), reason };
+        let raw: RawList = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
+        let name = raw.name.ok_or_else(|| invalid("missing \"name\"".into()))?;
+        let cni_version = raw.cni_version.unwrap_or_else(|| "0.2.0".into());
+        let plugins = match (raw.plugins, raw.plugin_type) {
+            (Some(p), _) if !p.is_empty() => p,
+            (Some(_), _) => return Err(invalid("\"plugins\" is empty".into())),
+            (None, Some(_)) => vec![value.clone()],
+            (None, None) => return Err(invalid("neither \"plugins\" nor \"type\" given".into())),
+        };
+        for p in &plugins {
+            if p.get("type").and_then(|t| t.as_str()).is_none() {
+                return Err(invalid("a plugin has no \"type\"".into()));
+            }
+        }
+        // The spec writes it as a string; lists in the wild also use a JSON boolean.
+        let disable_check = match value.get("disableCheck") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        Ok(NetworkConfigList { name, cni_version, plugins, path: path.to_path_buf(), raw: value, disable_check })
+    }
 }
 
 #[derive(Deserialize)]
@@ -76,21 +123,7 @@ pub fn load_file(path: &Path) -> Result<NetworkConfigList, ConfigError> {
         .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let invalid = |reason: String| ConfigError::Invalid { path: path.to_path_buf(), reason };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    let raw: RawList = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
-    let name = raw.name.ok_or_else(|| invalid("missing \"name\"".into()))?;
-    let cni_version = raw.cni_version.unwrap_or_else(|| "0.2.0".into());
-    let plugins = match (raw.plugins, raw.plugin_type) {
-        (Some(p), _) if !p.is_empty() => p,
-        (Some(_), _) => return Err(invalid("\"plugins\" is empty".into())),
-        (None, Some(_)) => vec![value.clone()],
-        (None, None) => return Err(invalid("neither \"plugins\" nor \"type\" given".into())),
-    };
-    for p in &plugins {
-        if p.get("type").and_then(|t| t.as_str()).is_none() {
-            return Err(invalid("a plugin has no \"type\"".into()));
-        }
-    }
-    Ok(NetworkConfigList { name, cni_version, plugins, path: path.to_path_buf(), raw: value })
+    NetworkConfigList::from_value(value, path)
 }
 
 #[cfg(test)]
@@ -126,5 +159,21 @@ mod tests {
         let list = load_file(&p).unwrap();
         assert_eq!(list.plugins.len(), 1);
         assert_eq!(list.cni_version, "0.4.0");
+        assert!(!list.disable_check);
+    }
+
+    #[test]
+    fn plugin_types_include_ipam() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("10.conflist");
+        std::fs::write(
+            &p,
+            r#"{"cniVersion":"1.0.0","name":"n","disableCheck":true,"plugins":[
+                {"type":"bridge","ipam":{"type":"host-local"}},{"type":"portmap"},{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        let list = load_file(&p).unwrap();
+        assert_eq!(list.plugin_types(), ["bridge", "host-local", "portmap"]);
+        assert!(list.disable_check);
     }
 }
