@@ -5,6 +5,7 @@ pub mod cgroups;
 pub mod container;
 pub mod error;
 pub mod id;
+pub mod image;
 pub mod monitor;
 pub mod mounts;
 pub mod options;
@@ -21,6 +22,7 @@ pub struct Runtime {
     options: RuntimeOptions,
     pub(crate) sandboxes: sandbox::SandboxStore,
     pub(crate) containers: container::ContainerStore,
+    images: image::ImageStore,
 }
 
 impl Runtime {
@@ -33,11 +35,17 @@ impl Runtime {
         let sandboxes = sandbox::SandboxStore::open(&options.root_dir)?;
         let containers = container::ContainerStore::open(&options.root_dir)?;
         sandbox::report_monitors(&sandboxes);
-        Ok(Runtime { options, sandboxes, containers })
+        let images = image::ImageStore::open(&options.root_dir, options.images.clone())?;
+        Ok(Runtime { options, sandboxes, containers, images })
     }
 
     pub fn options(&self) -> &RuntimeOptions {
         &self.options
+    }
+
+    /// The image store: pulls, lookups, rootfs mounts (see [`image::ImageStore`]).
+    pub fn images(&self) -> &image::ImageStore {
+        &self.images
     }
 
     /// Whether pods can be given a network: `Err` carries the reason kubelet shows while

@@ -4,11 +4,16 @@
 mod container_status;
 mod create_container;
 mod error;
+mod image_fs_info;
 mod image_service;
+mod image_status;
 mod list_containers;
+mod list_images;
 mod list_pod_sandbox;
 mod pod_sandbox_status;
+mod pull_image;
 mod remove_container;
+mod remove_image;
 mod remove_pod_sandbox;
 mod run_pod_sandbox;
 mod runtime_config;
