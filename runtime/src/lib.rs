@@ -10,6 +10,7 @@ pub mod monitor;
 pub mod mounts;
 pub mod options;
 pub mod sandbox;
+pub mod spec;
 
 use std::path::Path;
 
