@@ -148,7 +148,22 @@ impl Inner {
         }))
     }
 
+    /// One host's attempt. A failure leaves blobs or snapshots of the layers that did
+    /// arrive; with this pull's lease gone, collection removes what no image needs.
     async fn pull_from(self: &Arc<Self>, endpoint: &Endpoint, image: &ImageRef, creds: &Credentials) -> Result<String> {
+        let result = self.pull_from_host(endpoint, image, creds).await;
+        if result.is_err() {
+            let store = Arc::clone(&self.store);
+            match tokio::task::spawn_blocking(move || store.gc()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cleaning up after a failed pull"),
+                Err(e) => tracing::warn!(error = %e, "cleaning up after a failed pull"),
+            }
+        }
+        result
+    }
+
+    async fn pull_from_host(self: &Arc<Self>, endpoint: &Endpoint, image: &ImageRef, creds: &Credentials) -> Result<String> {
         let started = std::time::Instant::now();
         let client = client_for(endpoint, self.options.max_concurrent_downloads)?;
         let mut reference = image.to_client_reference();
@@ -205,7 +220,11 @@ impl Inner {
             let flights = Arc::clone(&self.layers);
             async move { flights.run(key, this.layer_job(client, reference, layer, downloads, origin)).await }
         });
-        futures::future::try_join_all(jobs).await?;
+        // Every job runs to its end even when one fails, so none commits a snapshot after
+        // this pull has given up (the caller collects what a failed pull left).
+        for result in futures::future::join_all(jobs).await {
+            result?;
+        }
 
         self.store.write_blob(&resolved.manifest_digest, &resolved.manifest_bytes)?;
         if let Some((digest, bytes)) = &resolved.index {
