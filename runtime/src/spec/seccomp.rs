@@ -110,8 +110,9 @@ pub fn load_localhost(path: &Path) -> Result<LinuxSeccomp> {
 /// libcontainer 0.7 reads `SCMP_CMP_MASKED_EQ` as `(arg & valueTwo) == value`; the OCI
 /// spec, runc and every published profile mean `(arg & value) == valueTwo`. We write and
 /// accept profiles in the OCI meaning and swap the two here, at the one place that knows
-/// which runtime consumes the spec. (Without this, the `clone` rule below never matches
-/// and nothing in the container can fork.)
+/// which runtime consumes the spec. Without this the `clone` rule below silently degrades:
+/// libseccomp masks the datum too, so `(arg & 0) == (NAMESPACES & 0)` always holds and
+/// clone(CLONE_NEWUSER) gets through (shown by `tests/spec_libcontainer.rs`).
 pub fn for_libcontainer(mut profile: LinuxSeccomp) -> Result<LinuxSeccomp> {
     let Some(syscalls) = profile.syscalls().clone() else { return Ok(profile) };
     let swapped = syscalls
