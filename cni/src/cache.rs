@@ -60,8 +60,10 @@ impl CacheEntry {
 /// `<dir>/<network>-<container_id>-<ifname>`; the network name is reduced to the characters
 /// the spec allows so a hostile name cannot leave the directory.
 pub(crate) fn path(dir: &Path, network: &str, container_id: &str, ifname: &str) -> PathBuf {
-    let network: String =
-        network.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' }).collect();
+    let network: String = network
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .collect();
     dir.join(format!("{network}-{container_id}-{ifname}"))
 }
 
@@ -75,7 +77,8 @@ pub(crate) fn write(dir: &Path, entry: &CacheEntry) -> Result<PathBuf, CniError>
     let target = path(dir, &entry.network, &entry.container_id, &entry.ifname);
     let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    let data = serde_json::to_vec_pretty(entry).map_err(|e| CniError::Cache { path: target.clone(), source: e.into() })?;
+    let data =
+        serde_json::to_vec_pretty(entry).map_err(|e| CniError::Cache { path: target.clone(), source: e.into() })?;
     let result = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(&data)?;
@@ -90,13 +93,12 @@ pub(crate) fn write(dir: &Path, entry: &CacheEntry) -> Result<PathBuf, CniError>
     Ok(target)
 }
 
+/// A cache file and its parsed entry, or why it could not be read.
+pub(crate) type Found = (PathBuf, Result<CacheEntry, String>);
+
 /// The cached entries of one attachment, whatever network they were made on. A file that
 /// cannot be parsed is returned as `Err(reason)` so DEL can still remove it.
-pub(crate) fn find(
-    dir: &Path,
-    container_id: &str,
-    ifname: &str,
-) -> Result<Vec<(PathBuf, Result<CacheEntry, String>)>, CniError> {
+pub(crate) fn find(dir: &Path, container_id: &str, ifname: &str) -> Result<Vec<Found>, CniError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

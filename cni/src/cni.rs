@@ -245,8 +245,7 @@ mod tests {
         assert!(first.get("prevResult").is_none());
         assert!(first.get("runtimeConfig").is_none(), "bridge declares no capabilities");
         let prev = json!({"cniVersion": "1.0.0", "ips": []});
-        let second: Value =
-            serde_json::from_slice(&plugin_config(&list, &list.plugins[1], Some(&prev), &rc)).unwrap();
+        let second: Value = serde_json::from_slice(&plugin_config(&list, &list.plugins[1], Some(&prev), &rc)).unwrap();
         assert_eq!(second["prevResult"], prev);
         assert_eq!(second["runtimeConfig"], json!({"portMappings": rc["portMappings"]}));
     }

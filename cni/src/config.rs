@@ -99,9 +99,7 @@ pub fn load_default_network(conf_dir: &Path) -> Result<NetworkConfigList, Config
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json"))
-        })
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json")))
         .collect();
     files.sort();
     let mut last_error = None;
@@ -119,8 +117,8 @@ pub fn load_default_network(conf_dir: &Path) -> Result<NetworkConfigList, Config
 
 /// Parses one conf file; a plain `.conf` (one plugin) becomes a list of one.
 pub fn load_file(path: &Path) -> Result<NetworkConfigList, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let invalid = |reason: String| ConfigError::Invalid { path: path.to_path_buf(), reason };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     NetworkConfigList::from_value(value, path)

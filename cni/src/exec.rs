@@ -136,7 +136,13 @@ fn failure(plugin: &str, command: CniCommand, output: &Output) -> CniError {
     // Some plugins print the error to stderr; the spec says stdout, so try that first.
     for stream in [&output.stdout, &output.stderr] {
         if let Ok(e) = serde_json::from_slice::<WireError>(stream) {
-            return CniError::Plugin { plugin: plugin.to_string(), command, code: e.code, msg: e.msg, details: e.details };
+            return CniError::Plugin {
+                plugin: plugin.to_string(),
+                command,
+                code: e.code,
+                msg: e.msg,
+                details: e.details,
+            };
         }
     }
     let text = if output.stderr.iter().any(|b| !b.is_ascii_whitespace()) { &output.stderr } else { &output.stdout };

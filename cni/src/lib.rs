@@ -22,5 +22,5 @@ pub use attachment::{Attachment, Bandwidth, DEFAULT_IFNAME, DnsCapability, PortM
 pub use cni::{Cni, DEFAULT_BIN_DIRS, DEFAULT_TIMEOUT};
 pub use config::{ConfigError, NetworkConfigList, load_default_network};
 pub use error::{CniCommand, CniError};
-pub use result::{Dns, Interface, IpConfig, NetworkResult, Route};
 pub use ipnet::IpNet;
+pub use result::{Dns, Interface, IpConfig, NetworkResult, Route};

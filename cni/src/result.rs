@@ -269,8 +269,7 @@ mod tests {
 
     #[test]
     fn malformed_address_is_an_error() {
-        let err = NetworkResult::parse(json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1"}]}))
-            .unwrap_err();
+        let err = NetworkResult::parse(json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1"}]})).unwrap_err();
         assert!(err.contains("10.0.0.1"), "{err}");
     }
 }
