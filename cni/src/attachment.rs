@@ -215,4 +215,18 @@ mod tests {
         );
         assert!(Attachment::new("c", "/n").runtime_config().is_empty());
     }
+
+    #[test]
+    fn bandwidth_and_dns_use_the_capability_keys() {
+        let mut a = Attachment::new("c", "/n");
+        a.bandwidth = Some(Bandwidth { ingress_rate: 1000, ingress_burst: 10, egress_rate: 2000, egress_burst: 20 });
+        a.dns =
+            Some(DnsCapability { servers: vec!["10.96.0.10".into()], searches: vec!["svc".into()], options: vec![] });
+        let rc = a.runtime_config();
+        assert_eq!(
+            rc["bandwidth"],
+            serde_json::json!({"ingressRate": 1000, "ingressBurst": 10, "egressRate": 2000, "egressBurst": 20})
+        );
+        assert_eq!(rc["dns"], serde_json::json!({"servers": ["10.96.0.10"], "searches": ["svc"], "options": []}));
+    }
 }
