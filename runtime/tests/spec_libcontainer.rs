@@ -1,7 +1,8 @@
 //! Runs specs from `build_container_spec` through youki's libcontainer, the way the monitor
 //! does, with a busybox rootfs: the spec must be accepted, and what it asks for must hold
 //! inside the container (user and groups, fork under the RuntimeDefault seccomp profile,
-//! a blocked syscall, hostname, dropped capabilities, memory limit).
+//! a blocked syscall, hostname, dropped capabilities, memory limit; read-only rootfs,
+//! recursive read-only mount, device, sysctl, masked and read-only paths, no_new_privs).
 //!
 //! Needs root (skipped otherwise) and /bin/busybox (Debian's busybox-static).
 
@@ -117,23 +118,30 @@ fn child(bundle: &Path, id: &str, out: std::fs::File) -> String {
         let mut container = Container::load(state.join(id)).map_err(|e| e.to_string())?;
         container.start().map_err(|e| format!("start: {e:?}"))?;
         let status = nix::sys::wait::waitpid(pid, None).map_err(|e| e.to_string())?;
-        let mut container = Container::load(state.join(id)).map_err(|e| e.to_string())?;
-        container.delete(true).map_err(|e| format!("delete: {e:?}"))?;
         Ok(match status {
             nix::sys::wait::WaitStatus::Exited(_, code) => code.to_string(),
             other => format!("{other:?}"),
         })
     })();
-    result.unwrap_or_else(|e| e)
+    // Whatever happened, leave no cgroup or state behind.
+    let deleted = Container::load(bundle.join("state").join(id)).map(|mut c| c.delete(true));
+    match (result, deleted) {
+        (Ok(code), Ok(Ok(()))) => code,
+        (Ok(_), Ok(Err(e))) => format!("delete: {e:?}"),
+        (Ok(_), Err(e)) => format!("load for delete: {e:?}"),
+        (Err(e), _) => e,
+    }
 }
 
-fn build(dir: &Path, id: &str, sc: v1::LinuxContainerSecurityContext) -> oci_spec::runtime::Spec {
-    let image_config = ConfigBuilder::default().cmd(vec!["/bin/sh".to_string(), "-c".to_string(), SCRIPT.to_string()]).build().unwrap();
+type Tweak<'a> = &'a dyn Fn(&mut v1::ContainerConfig, &mut v1::PodSandboxConfig);
+
+fn build(dir: &Path, id: &str, sc: v1::LinuxContainerSecurityContext, script: &str, tweak: Tweak<'_>) -> oci_spec::runtime::Spec {
+    let image_config = ConfigBuilder::default().cmd(vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()]).build().unwrap();
     let image = ImageConfigurationBuilder::default().config(image_config).build().unwrap();
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost pod-hosts-file\n").unwrap();
     let files = SandboxFiles { hosts: Some(hosts), ..Default::default() };
-    let config = v1::ContainerConfig {
+    let mut config = v1::ContainerConfig {
         linux: Some(v1::LinuxContainerConfig {
             resources: Some(v1::LinuxContainerResources { memory_limit_in_bytes: 48 << 20, ..Default::default() }),
             security_context: Some(v1::LinuxContainerSecurityContext {
@@ -143,7 +151,8 @@ fn build(dir: &Path, id: &str, sc: v1::LinuxContainerSecurityContext) -> oci_spe
         }),
         ..Default::default()
     };
-    let pod = v1::PodSandboxConfig { hostname: "spec-test".into(), ..Default::default() };
+    let mut pod = v1::PodSandboxConfig { hostname: "spec-test".into(), ..Default::default() };
+    tweak(&mut config, &mut pod);
     let cgroup = std::path::PathBuf::from(format!("/capstan-spec-test-{id}"));
     spec::build_container_spec(&ContainerSpecInput {
         config: &config,
@@ -183,7 +192,7 @@ fn libcontainer_runs_our_specs() {
         capabilities: Some(v1::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() }),
         ..Default::default()
     };
-    let spec = build(dir.path(), &id, sc);
+    let spec = build(dir.path(), &id, sc, SCRIPT, &|_, _| {});
     spec.save(dir.path().join("config.json")).unwrap();
     let (code, out) = run(dir.path(), &id);
     assert_eq!(code, 0, "container failed:\n{out}");
@@ -203,7 +212,7 @@ fn libcontainer_runs_our_specs() {
     // The same container unconfined: the user namespace is allowed, so the refusal above
     // was the profile's doing.
     let sc = v1::LinuxContainerSecurityContext { run_as_username: "app".into(), seccomp: Some(unconfined), ..Default::default() };
-    let spec = build(dir.path(), &id, sc);
+    let spec = build(dir.path(), &id, sc, SCRIPT, &|_, _| {});
     spec.save(dir.path().join("config.json")).unwrap();
     let (code, out) = run(dir.path(), &id);
     assert_eq!(code, 0, "container failed:\n{out}");
@@ -217,4 +226,59 @@ fn libcontainer_runs_our_specs() {
     let bounding = u64::from_str_radix(line(&out, "CapBnd:"), 16).unwrap();
     assert_eq!(bounding.count_ones(), 14, "{out}");
     eprintln!("{out}");
+
+    // Locked down: root but read-only rootfs, no_new_privs with the default profile (loaded
+    // after capabilities are dropped), a renamed device, a recursive read-only mount, a
+    // namespaced sysctl, the default masked paths.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sc = v1::LinuxContainerSecurityContext {
+        run_as_user: Some(v1::Int64Value { value: 0 }),
+        readonly_rootfs: true,
+        no_new_privs: true,
+        seccomp: Some(v1::SecurityProfile { profile_type: 0, localhost_ref: String::new() }),
+        ..Default::default()
+    };
+    let tweak = |config: &mut v1::ContainerConfig, pod: &mut v1::PodSandboxConfig| {
+        config.devices = vec![v1::Device { host_path: "/dev/zero".into(), container_path: "/dev/myzero".into(), permissions: "r".into() }];
+        config.mounts = vec![v1::Mount {
+            container_path: "/data".into(),
+            host_path: data.to_string_lossy().into_owned(),
+            readonly: true,
+            recursive_read_only: true,
+            ..Default::default()
+        }];
+        pod.linux = Some(v1::LinuxPodSandboxConfig { sysctls: [("kernel.shm_rmid_forced".to_string(), "1".to_string())].into(), ..Default::default() });
+    };
+    let script = r#"
+if touch /x 2>/dev/null; then echo "rootfs: writable"; else echo "rootfs: read-only"; fi
+if touch /data/x 2>/dev/null; then echo "data: writable"; else echo "data: read-only"; fi
+if touch /tmp/../dev/shm/x 2>/dev/null; then echo "shm: writable"; else echo "shm: read-only"; fi
+echo "device: $(head -c 4 /dev/myzero | wc -c)"
+echo "sysctl: $(cat /proc/sys/kernel/shm_rmid_forced)"
+echo "timer_list: $(wc -c < /proc/timer_list)"
+grep NoNewPrivs /proc/self/status
+if echo 1 > /proc/sys/kernel/shm_rmid_forced 2>/dev/null; then echo "procsys: writable"; else echo "procsys: read-only"; fi
+"#;
+    for applet in ["touch", "head", "wc"] {
+        let link = dir.path().join("rootfs/bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    let spec = build(dir.path(), &id, sc, script, &tweak);
+    spec.save(dir.path().join("config.json")).unwrap();
+    let (code, out) = run(dir.path(), &id);
+    eprintln!("{out}");
+    assert_eq!(code, 0, "container failed:\n{out}");
+    assert_eq!(line(&out, "rootfs:"), "read-only");
+    assert_eq!(line(&out, "data:"), "read-only");
+    assert_eq!(line(&out, "shm:"), "writable");
+    assert_eq!(line(&out, "device:"), "4");
+    assert_eq!(line(&out, "sysctl:"), "1");
+    // Non-empty on the host (the kernel has no /proc/kcore to test with here).
+    assert_eq!(line(&out, "timer_list:"), "0", "masked");
+    assert_eq!(line(&out, "NoNewPrivs:"), "1");
+    assert_eq!(line(&out, "procsys:"), "read-only");
+    assert!(std::fs::read_dir(&data).unwrap().next().is_none());
 }
