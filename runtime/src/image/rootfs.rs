@@ -152,3 +152,159 @@ fn mount_overlay(snapshots_dir: &Path, data: &str, target: &Path) -> Result<()> 
 fn is_mount_point(path: &Path) -> Result<bool> {
     Ok(crate::mounts::mounts_under(path)?.iter().any(|m| m == path))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use sha2::{Digest, Sha256};
+
+    use super::super::layer::{self, Source, Wanted};
+    use super::super::store::{ImageRecord, LayerRecord};
+    use super::*;
+
+    fn sha(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Stores a layer as a pull would; returns its record.
+    fn add_layer(images: &ImageStore, tar: &[u8]) -> LayerRecord {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let record = LayerRecord { digest: sha(&gz), diff_id: sha(tar), size: gz.len() as u64, media_type: "tar+gzip".into() };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(Ok(bytes::Bytes::from(gz))).unwrap();
+        drop(tx);
+        let store = Arc::clone(&images.inner.store);
+        layer::process(&store, &record, Source::Channel(rx), Wanted { blob: true, snapshot: true }, "test").unwrap();
+        record
+    }
+
+    /// Unmounts on drop, so a failed assertion leaves no mount behind.
+    struct Unmount<'a>(&'a ImageStore, PathBuf);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.unmount_rootfs(&self.1);
+        }
+    }
+
+    #[test]
+    fn overlay_rootfs_applies_whiteouts_and_keeps_changes_in_upper() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting overlayfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::ImageOptions {
+            sandbox_image: String::new(),
+            registry_config_dir: dir.path().join("certs.d"),
+            insecure_registries: vec![],
+            max_concurrent_downloads: 1,
+        };
+        let images = ImageStore::open(&dir.path().join("root"), options).unwrap();
+        let bottom = add_layer(&images, &tar_of(&[("etc/a", b"1"), ("etc/b", b"2"), ("dir/x", b"x")]));
+        let top = add_layer(&images, &tar_of(&[("etc/.wh.a", b""), ("dir/.wh..wh..opq", b""), ("dir/y", b"y"), ("etc/c", b"3")]));
+        let config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"User":"7"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let id = sha(config);
+        images.inner.store.write_blob(&id, config).unwrap();
+        let record = ImageRecord {
+            id: id.clone(),
+            repo_tags: vec![],
+            repo_digests: vec![],
+            manifest_digest: id.clone(),
+            index_digest: None,
+            config_size: config.len() as u64,
+            layers: vec![bottom.clone(), top.clone()],
+            size: 0,
+            user: "7".into(),
+            updated_ns: 0,
+        };
+        images.inner.store.commit(record, Some("x.io/r:1".into()), "x.io/r@sha256:00".into()).unwrap();
+        let info = images.lookup("x.io/r:1").unwrap();
+        assert_eq!(info.id, id);
+        assert_eq!(info.config.config().as_ref().unwrap().env().as_ref().unwrap(), &vec!["A=1".to_string()]);
+
+        let container = dir.path().join("containers/c1");
+        let _guard = Unmount(&images, container.clone());
+        let rootfs = images.mount_rootfs(&id, &container).unwrap();
+        assert_eq!(rootfs, container.join("rootfs"));
+        assert!(!rootfs.join("etc/a").exists(), "whiteout hides the lower file");
+        assert_eq!(std::fs::read(rootfs.join("etc/b")).unwrap(), b"2");
+        assert_eq!(std::fs::read(rootfs.join("etc/c")).unwrap(), b"3");
+        let dir_entries: Vec<_> = std::fs::read_dir(rootfs.join("dir")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(dir_entries, vec![std::ffi::OsString::from("y")], "opaque dir hides lower entries");
+        std::fs::write(rootfs.join("new"), b"n").unwrap();
+        assert_eq!(std::fs::read(container.join("upper/new")).unwrap(), b"n", "writes land in the upper dir");
+        let snapshot_file = images.inner.store.snapshot_dir(&bottom.diff_id).unwrap().join("fs/etc/b");
+        std::fs::write(rootfs.join("etc/b"), b"changed").unwrap();
+        assert_eq!(std::fs::read(&snapshot_file).unwrap(), b"2", "snapshots stay read-only");
+        assert_eq!(images.mount_rootfs(&id, &container).unwrap(), rootfs, "mounting again is idempotent");
+
+        // Removing the image while the rootfs is mounted keeps its snapshots…
+        images.remove(&id).unwrap();
+        assert!(images.inner.store.has_snapshot(&bottom.diff_id));
+        // …until the rootfs is unmounted.
+        images.unmount_rootfs(&container).unwrap();
+        assert!(!crate::mounts::mounts_under(&container).unwrap().iter().any(|m| m == &rootfs));
+        assert!(!images.inner.store.has_snapshot(&bottom.diff_id) && !images.inner.store.has_snapshot(&top.diff_id));
+        images.unmount_rootfs(&container).unwrap();
+        assert!(matches!(images.mount_rootfs(&id, &container), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn a_hundred_and_twenty_layers_fit_one_mount() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting overlayfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::ImageOptions {
+            sandbox_image: String::new(),
+            registry_config_dir: dir.path().join("certs.d"),
+            insecure_registries: vec![],
+            max_concurrent_downloads: 1,
+        };
+        let images = ImageStore::open(&dir.path().join("root"), options).unwrap();
+        let layers: Vec<LayerRecord> = (0..120)
+            .map(|i| add_layer(&images, &tar_of(&[(&format!("layer{i}"), format!("{i}").as_bytes()), ("top", format!("{i}").as_bytes())])))
+            .collect();
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let id = sha(config);
+        images.inner.store.write_blob(&id, config).unwrap();
+        let record = ImageRecord {
+            id: id.clone(),
+            repo_tags: vec![],
+            repo_digests: vec![],
+            manifest_digest: id.clone(),
+            index_digest: None,
+            config_size: 0,
+            layers,
+            size: 0,
+            user: String::new(),
+            updated_ns: 0,
+        };
+        images.inner.store.commit(record, None, "x.io/many@sha256:00".into()).unwrap();
+        let container = dir.path().join("containers/many");
+        let _guard = Unmount(&images, container.clone());
+        let rootfs = images.mount_rootfs(&id, &container).unwrap();
+        assert_eq!(std::fs::read(rootfs.join("top")).unwrap(), b"119", "the last layer is on top");
+        assert_eq!(std::fs::read(rootfs.join("layer0")).unwrap(), b"0");
+        assert_eq!(std::fs::read_dir(&rootfs).unwrap().count(), 121);
+        images.unmount_rootfs(&container).unwrap();
+    }
+}

@@ -474,7 +474,10 @@ mod tests {
     }
 
     /// A tar with raw names (tar::Builder refuses `..`, so hostile names are written by hand).
-    fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    /// (name, type, data, link target)
+    type RawEntry<'a> = (&'a str, tar::EntryType, &'a [u8], &'a str);
+
+    fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, kind, data, link) in entries {
             let mut h = header(*kind, 0o644, data.len() as u64);
@@ -575,7 +578,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("pwned");
         let abs_link = outside.path().display().to_string();
-        let cases: Vec<Vec<(&str, tar::EntryType, &[u8], &str)>> = vec![
+        let cases: Vec<Vec<RawEntry<'_>>> = vec![
             vec![("../pwned", tarkind::REG, b"x", "")],
             vec![("a/../../pwned", tarkind::REG, b"x", "")],
             vec![("/pwned", tarkind::REG, b"x", "")],
