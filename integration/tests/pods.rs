@@ -290,3 +290,354 @@ async fn pods_survive_kill_9_of_the_daemon() {
         assert_no_leftovers(&daemon, id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_whose_monitor_died_is_not_ready_and_still_removable() {
+    let daemon = Daemon::start(DaemonOptions::default()).await;
+    let mut rt = daemon.runtime_client().await;
+    let mut cleanup = Cleanup::new(&daemon);
+    let id = run_pod(&mut rt, &sandbox_config(&daemon, "orphan"), &mut cleanup).await;
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.state().join("pods").join(&id).join("monitor.state")).unwrap()).unwrap();
+    let pid = state["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pod_status(&mut rt, &id).await.state == ready() {
+        assert!(Instant::now() < deadline, "pod still ready after its monitor died");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
+    assert_no_leftovers(&daemon, &id);
+}
+
+// ---------------------------------------------------------------------------------------
+// Containers: these need the image store (PullImage) and the OCI spec builder.
+
+use capstan_integration::image::ImageBuilder;
+use capstan_integration::registry::Registry;
+use cri_proto::ImageServiceClient;
+
+/// A registry with the test images, a daemon that has pulled them, clients and cleanup.
+struct Env {
+    // Fields drop in this order: pods go while the daemon still runs.
+    cleanup: Cleanup,
+    rt: Rt,
+    daemon: Daemon,
+    _registry: Registry,
+    busybox: String,
+    users: String,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let registry = Registry::start().await;
+        let busybox = ImageBuilder::busybox().push(&registry, "pods/busybox", &["1"]).await.references[0].clone();
+        let users = ImageBuilder::busybox_with_users().push(&registry, "pods/users", &["1"]).await.references[0].clone();
+        let daemon = Daemon::start(DaemonOptions::default()).await;
+        let mut img: ImageServiceClient<Channel> = daemon.image_client().await;
+        for image in [&busybox, &users] {
+            let spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
+            img.pull_image(v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None })
+                .await
+                .unwrap_or_else(|e| panic!("pull {image}: {e}"));
+        }
+        let rt = daemon.runtime_client().await;
+        let cleanup = Cleanup::new(&daemon);
+        Env { cleanup, rt, daemon, _registry: registry, busybox, users }
+    }
+
+    async fn pod(&mut self, name: &str) -> (String, v1::PodSandboxConfig) {
+        let config = sandbox_config(&self.daemon, name);
+        let id = run_pod(&mut self.rt, &config, &mut self.cleanup).await;
+        (id, config)
+    }
+
+    /// Creates and starts a container; returns its id.
+    async fn run(&mut self, pod: &(String, v1::PodSandboxConfig), config: v1::ContainerConfig) -> String {
+        let id = self.create(pod, config).await;
+        self.rt
+            .start_container(v1::StartContainerRequest { container_id: id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", self.daemon.log()));
+        id
+    }
+
+    async fn create(&mut self, pod: &(String, v1::PodSandboxConfig), config: v1::ContainerConfig) -> String {
+        let request = v1::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.1.clone()),
+        };
+        match self.rt.create_container(request).await {
+            Ok(r) => r.into_inner().container_id,
+            Err(e) => panic!("CreateContainer: {e}\n{}", self.daemon.log()),
+        }
+    }
+
+    async fn status(&mut self, id: &str) -> v1::ContainerStatus {
+        self.rt
+            .container_status(v1::ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    async fn wait_exited(&mut self, id: &str) -> v1::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(id).await;
+            if s.state == v1::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container {id} did not exit: {s:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn remove_pod(&mut self, id: &str) {
+        self.rt.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+        self.rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+        assert_no_leftovers(&self.daemon, id);
+    }
+}
+
+fn container(name: &str, image: &str, command: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(v1::ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: [("container".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fn security(c: &mut v1::ContainerConfig) -> &mut v1::LinuxContainerSecurityContext {
+    c.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default)
+}
+
+fn log_of(pod: &v1::PodSandboxConfig, name: &str) -> String {
+    std::fs::read_to_string(Path::new(&pod.log_directory).join(name).join("0.log")).unwrap_or_default()
+}
+
+/// The messages of a CRI log (`<time> <stream> <tag> <msg>`), checking the format.
+fn messages(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let (ts, stream, tag) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            assert!(chrono_like(ts), "timestamp of {line:?}");
+            assert!(stream == "stdout" || stream == "stderr", "stream of {line:?}");
+            assert!(tag == "F" || tag == "P", "tag of {line:?}");
+            (stream.to_string(), parts.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+fn chrono_like(ts: &str) -> bool {
+    ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.'
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_share_the_pod_network_and_ipc() {
+    let mut env = Env::start().await;
+    let pod = env.pod("shared").await;
+    let ns = "for f in net ipc uts; do echo ns=$(readlink /proc/self/ns/$f); done";
+    let server = container("server", &env.busybox, &["sh", "-c", &format!("{ns}; echo pong | nc -l -p 8080; sleep 3600")]);
+    let server = env.run(&pod, server).await;
+    let client_cmd = format!("{ns}; for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 8080 </dev/null && exit 0; sleep 0.2; done; exit 1");
+    let client = env.run(&pod, container("client", &env.busybox, &["sh", "-c", &client_cmd])).await;
+    let status = env.wait_exited(&client).await;
+    assert_eq!(status.exit_code, 0, "{}", log_of(&pod.1, "client"));
+    assert!(log_of(&pod.1, "client").contains("stdout F pong"));
+    // Same net, ipc and uts namespaces.
+    let ns_lines = |log: String| messages(&log).into_iter().map(|(_, m)| m).filter(|m| m.starts_with("ns=")).collect::<Vec<_>>();
+    let (a, b) = (ns_lines(log_of(&pod.1, "server")), ns_lines(log_of(&pod.1, "client")));
+    assert_eq!(a, b, "namespaces differ");
+    assert!(a.len() == 3 && a[0].starts_with("ns=net:[") && a[1].starts_with("ns=ipc:["), "{a:?}");
+    // And not the host's.
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(a[0], format!("ns={}", host_net.display()));
+    assert_eq!(env.status(&server).await.state, v1::ContainerState::ContainerRunning as i32);
+    env.remove_pod(&pod.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_exit_codes_and_stop_semantics() {
+    let mut env = Env::start().await;
+    let pod = env.pod("exits").await;
+    let failing = env.run(&pod, container("failing", &env.busybox, &["sh", "-c", "echo out; echo err >&2; exit 7"])).await;
+    let ok = env.run(&pod, container("ok", &env.busybox, &["true"])).await;
+    let s = env.wait_exited(&failing).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"), "{s:?}");
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at, "{s:?}");
+    assert_eq!(messages(&log_of(&pod.1, "failing")), vec![("stdout".into(), "out".into()), ("stderr".into(), "err".into())]);
+    assert!(s.log_path.ends_with("failing/0.log"), "{s:?}");
+    let s = env.wait_exited(&ok).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+
+    // A process ignoring SIGTERM is killed after the timeout; stopping again is fine.
+    let stubborn = env.run(&pod, container("stubborn", &env.busybox, &["sh", "-c", "trap '' TERM; echo up; sleep 3600"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    env.rt.stop_container(v1::StopContainerRequest { container_id: stubborn.clone(), timeout: 1 }).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(env.status(&stubborn).await.exit_code, 137);
+    env.rt.stop_container(v1::StopContainerRequest { container_id: stubborn.clone(), timeout: 1 }).await.unwrap();
+
+    // Start of an exited container is refused; duplicate names too; filters work.
+    let err = env.rt.start_container(v1::StartContainerRequest { container_id: ok.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = env
+        .rt
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(container("ok", &env.busybox, &["true"])),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let list = |filter: v1::ContainerFilter| {
+        let mut rt = env.rt.clone();
+        async move { rt.list_containers(v1::ListContainersRequest { filter: Some(filter) }).await.unwrap().into_inner().containers }
+    };
+    let exited = v1::ContainerFilter { state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerExited as i32 }), ..Default::default() };
+    assert_eq!(list(exited).await.len(), 3);
+    let labelled = v1::ContainerFilter { label_selector: [("container".to_string(), "ok".to_string())].into(), ..Default::default() };
+    assert_eq!(list(labelled).await.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![ok.clone()]);
+    let by_pod = v1::ContainerFilter { pod_sandbox_id: pod.0.clone(), ..Default::default() };
+    assert_eq!(list(by_pod).await.len(), 3);
+
+    // Removing a running container stops it first; removing twice is fine.
+    let running = env.run(&pod, container("running", &env.busybox, &["sleep", "3600"])).await;
+    env.rt.remove_container(v1::RemoveContainerRequest { container_id: running.clone() }).await.unwrap();
+    env.rt.remove_container(v1::RemoveContainerRequest { container_id: running.clone() }).await.unwrap();
+    let err = env.rt.container_status(v1::ContainerStatusRequest { container_id: running.clone(), verbose: false }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_no_leftovers(&env.daemon, &running);
+    env.remove_pod(&pod.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_stop_signal_is_sent_first() {
+    let registry = Registry::start().await;
+    let image = ImageBuilder::busybox().stop_signal("SIGUSR1").push(&registry, "pods/usr1", &["1"]).await.references[0].clone();
+    let mut env = Env::start().await;
+    let mut img = env.daemon.image_client().await;
+    let spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
+    img.pull_image(v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await.unwrap();
+    let pod = env.pod("usr1").await;
+    let script = "trap 'echo got-usr1; exit 3' USR1; echo up; while true; do sleep 0.1; done";
+    let c = env.run(&pod, container("usr1", &image, &["sh", "-c", script])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.rt.stop_container(v1::StopContainerRequest { container_id: c.clone(), timeout: 10 }).await.unwrap();
+    let s = env.status(&c).await;
+    assert_eq!(s.exit_code, 3, "{s:?}");
+    assert!(log_of(&pod.1, "usr1").contains("stdout F got-usr1"));
+    env.remove_pod(&pod.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oom_kill_and_cgroup_limits() {
+    let mut env = Env::start().await;
+    let pod = env.pod("limits").await;
+    let mut limited = container("limited", &env.busybox, &["sleep", "3600"]);
+    limited.linux.get_or_insert_with(Default::default).resources = Some(v1::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_shares: 512,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        ..Default::default()
+    });
+    let limited = env.run(&pod, limited).await;
+    let cgroup = |ctrl: &str, file: &str| {
+        let path = Path::new("/sys/fs/cgroup").join(ctrl).join("capstan").join(&pod.0).join(&limited).join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    };
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cgroup("cpu", "cpu.cfs_period_us"), "100000");
+
+    let mut hog = container("hog", &env.busybox, &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]);
+    hog.linux.get_or_insert_with(Default::default).resources =
+        Some(v1::LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() });
+    let hog = env.run(&pod, hog).await;
+    let s = env.wait_exited(&hog).await;
+    assert_eq!((s.reason.as_str(), s.exit_code), ("OOMKilled", 137), "{s:?}");
+    env.remove_pod(&pod.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_readonly_rootfs_capabilities_and_seccomp() {
+    let mut env = Env::start().await;
+    let pod = env.pod("secure").await;
+    // The image's User (app, 1000) with its groups from /etc/group.
+    let id = env.run(&pod, container("whoami", &env.users, &["id"])).await;
+    env.wait_exited(&id).await;
+    let log = log_of(&pod.1, "whoami");
+    assert!(log.contains("uid=1000(app) gid=1000(app)") && log.contains("2000(extra)"), "{log}");
+
+    let mut ro = container("readonly", &env.busybox, &["sh", "-c", "touch /x"]);
+    security(&mut ro).readonly_rootfs = true;
+    let ro = env.run(&pod, ro).await;
+    assert_ne!(env.wait_exited(&ro).await.exit_code, 0);
+    assert!(log_of(&pod.1, "readonly").contains("Read-only file system"), "{}", log_of(&pod.1, "readonly"));
+
+    let mut nochown = container("nochown", &env.busybox, &["sh", "-c", "grep CapEff /proc/self/status; chown 1 /tmp"]);
+    security(&mut nochown).capabilities = Some(v1::Capability { drop_capabilities: vec!["CHOWN".into()], ..Default::default() });
+    let nochown = env.run(&pod, nochown).await;
+    assert_ne!(env.wait_exited(&nochown).await.exit_code, 0);
+    assert!(log_of(&pod.1, "nochown").contains("Operation not permitted"), "{}", log_of(&pod.1, "nochown"));
+
+    // RuntimeDefault seccomp filters the process and refuses a user namespace; Unconfined allows it.
+    let script = "grep -E '^Seccomp:' /proc/self/status; unshare -U true && echo unshare-ok";
+    let mut strict = container("strict", &env.busybox, &["sh", "-c", script]);
+    security(&mut strict).seccomp = Some(v1::SecurityProfile { profile_type: 0, localhost_ref: String::new() });
+    let mut loose = container("loose", &env.busybox, &["sh", "-c", script]);
+    security(&mut loose).seccomp = Some(v1::SecurityProfile { profile_type: 1, localhost_ref: String::new() });
+    let (strict, loose) = (env.run(&pod, strict).await, env.run(&pod, loose).await);
+    env.wait_exited(&strict).await;
+    env.wait_exited(&loose).await;
+    let (strict_log, loose_log) = (log_of(&pod.1, "strict"), log_of(&pod.1, "loose"));
+    assert!(strict_log.contains("Seccomp:\t2") && !strict_log.contains("unshare-ok"), "{strict_log}");
+    assert!(loose_log.contains("Seccomp:\t0") && loose_log.contains("unshare-ok"), "{loose_log}");
+    env.remove_pod(&pod.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_pods_survive_kill_9_and_keep_logging() {
+    let mut env = Env::start().await;
+    let mut pods = Vec::new();
+    for i in 0..5 {
+        let pod = env.pod(&format!("ticker-{i}")).await;
+        let c = env.run(&pod, container("ticker", &env.busybox, &["sh", "-c", "while true; do echo tick; sleep 0.1; done"])).await;
+        pods.push((pod, c));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.daemon.kill9();
+    let before: Vec<usize> = pods.iter().map(|(p, _)| log_of(&p.1, "ticker").lines().count()).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.daemon.restart().await;
+    env.rt = env.daemon.runtime_client().await;
+    let running = v1::ContainerFilter {
+        state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
+        ..Default::default()
+    };
+    let listed = env.rt.list_containers(v1::ListContainersRequest { filter: Some(running) }).await.unwrap().into_inner().containers;
+    assert_eq!(listed.len(), 5, "{listed:?}\n{}", env.daemon.log());
+    let ready_only = v1::PodSandboxFilter { state: Some(v1::PodSandboxStateValue { state: ready() }), ..Default::default() };
+    assert_eq!(list_pods(&mut env.rt, ready_only).await.len(), 5);
+    for ((pod, _), before) in pods.iter().zip(before) {
+        let after = log_of(&pod.1, "ticker").lines().count();
+        assert!(after > before + 2, "log of {} did not grow while the daemon was down: {before} -> {after}", pod.0);
+    }
+    for (pod, c) in &pods {
+        env.rt.stop_container(v1::StopContainerRequest { container_id: c.clone(), timeout: 2 }).await.unwrap();
+        env.rt.remove_container(v1::RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
+        env.remove_pod(&pod.0).await;
+    }
+}

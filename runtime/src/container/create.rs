@@ -99,9 +99,8 @@ impl Runtime {
     async fn build_container(&self, pod: &SandboxRecord, c: &Container, resolved: &ResolvedImage) -> Result<()> {
         let record = &c.record;
         // The record exists before the mount, so a failure (or a crash) still unmounts.
-        let rootfs = self.mount_rootfs(resolved, &record.dir)?;
+        let rootfs = self.mount_rootfs(resolved, &record.dir).await?;
         let ctx = SpecContext {
-            container_id: &record.id,
             config: &record.config,
             pod,
             image: resolved,

@@ -1,5 +1,5 @@
 //! What CreateContainer needs from the image store (resolve an image, mount a rootfs) and
-//! from the OCI spec builder. These are the seams to `crate::image` and `crate::spec`.
+//! from the OCI spec builder (`crate::image`, `crate::spec`), adapted to the pod's record.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,6 @@ pub struct ResolvedImage {
 
 /// Everything the OCI spec of a container is built from.
 pub struct SpecContext<'a> {
-    pub container_id: &'a str,
     pub config: &'a v1::ContainerConfig,
     pub pod: &'a SandboxRecord,
     pub image: &'a ResolvedImage,
@@ -32,22 +31,48 @@ pub struct SpecContext<'a> {
 
 impl Runtime {
     pub(crate) fn resolve_image(&self, reference: &str) -> Result<ResolvedImage> {
-        Err(Error::FailedPrecondition(format!("cannot resolve image {reference:?}: the image store is not available yet")))
+        let info = self.images().lookup(reference)?;
+        Ok(ResolvedImage { id: info.id, reference: info.reference, config: info.config })
     }
 
     /// Mounts the container's root filesystem under `container_dir`; returns its path.
-    pub(crate) fn mount_rootfs(&self, image: &ResolvedImage, container_dir: &Path) -> Result<PathBuf> {
-        let _ = (image, container_dir);
-        Err(Error::FailedPrecondition("the image store is not available yet".into()))
+    pub(crate) async fn mount_rootfs(&self, image: &ResolvedImage, container_dir: &Path) -> Result<PathBuf> {
+        let (images, id, dir) = (self.images().clone(), image.id.clone(), container_dir.to_path_buf());
+        tokio::task::spawn_blocking(move || images.mount_rootfs(&id, &dir))
+            .await
+            .map_err(|e| Error::Internal(format!("rootfs task failed: {e}")))?
     }
 
-    pub(crate) fn unmount_rootfs(&self, container_dir: &Path) -> Result<()> {
-        crate::mounts::unmount_under(container_dir)
+    /// Unmounts the rootfs (if any) and releases the image's layers.
+    pub(crate) async fn unmount_rootfs(&self, container_dir: &Path) -> Result<()> {
+        let (images, dir) = (self.images().clone(), container_dir.to_path_buf());
+        tokio::task::spawn_blocking(move || images.unmount_rootfs(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("rootfs task failed: {e}")))?
     }
 
     pub(crate) fn build_spec(&self, ctx: &SpecContext<'_>) -> Result<Spec> {
-        let _ = ctx;
-        Err(Error::FailedPrecondition("the OCI spec builder is not available yet".into()))
+        let pod = ctx.pod;
+        let namespaces = crate::spec::NamespacePaths::from_map(&pod.namespace_paths());
+        let files = crate::spec::SandboxFiles {
+            hosts: Some(pod.hosts_file()),
+            resolv_conf: Some(pod.resolv_file()),
+            hostname: Some(pod.hostname_file()),
+            // A host-IPC pod shares the host's /dev/shm, like its IPC objects.
+            shm: Some(if pod.namespaces.ipc { pod.shm_dir() } else { PathBuf::from("/dev/shm") }),
+        };
+        let input = crate::spec::ContainerSpecInput {
+            config: ctx.config,
+            pod: &pod.config,
+            image: &ctx.image.config,
+            rootfs: ctx.rootfs,
+            namespaces: &namespaces,
+            cgroups_path: ctx.cgroup,
+            files: &files,
+            host: crate::spec::HostFacts::get(),
+            pids_limit: None,
+        };
+        crate::spec::build_container_spec(&input)
     }
 }
 

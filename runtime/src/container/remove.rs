@@ -42,7 +42,7 @@ impl Runtime {
                 let _ = tokio::task::spawn_blocking(move || crate::cgroups::kill_and_remove(&cgroup)).await;
             }
         }
-        self.unmount_rootfs(&c.record.dir)?;
+        self.unmount_rootfs(&c.record.dir).await?;
         self.containers.remove(c)
     }
 }

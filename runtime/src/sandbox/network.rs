@@ -1,37 +1,108 @@
 //! The pod network through CNI: ADD after the pod's netns exists, DEL when the pod stops.
+//! The plugins are processes, so every CNI call runs on a blocking thread.
 
-use super::store::{PodNetwork, Sandbox};
-use crate::{Result, Runtime};
+use capstan_cni::{Attachment, Cni, CniError, ConfigError, PortMapping, Protocol};
+use cri_proto::monitor::MonitorInfo;
+use cri_proto::v1;
+
+use super::store::{PodNetwork, Sandbox, SandboxRecord};
+use crate::{Error, Result, Runtime};
 
 impl Runtime {
-    /// Attaches the pod's network namespace to the CNI network. Host-network pods and nodes
-    /// without a CNI config get no network of their own (loopback only).
-    pub(crate) async fn setup_pod_network(&self, sandbox: &Sandbox) -> Result<()> {
-        let record = sandbox.record();
-        if !record.namespaces.network {
-            return Ok(());
-        }
-        let Some(netns) = record.namespace_paths().get("network").cloned() else {
-            return Err(crate::Error::Internal("the pod's network namespace was not pinned".into()));
-        };
-        let list = match capstan_cni::load_default_network(&self.options().cni.conf_dir) {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::warn!(pod_id = %record.id, error = %e, "no CNI network: the pod gets loopback only");
-                return Ok(());
-            }
-        };
-        // Recorded before ADD so that any failure (or a crash) leads to a DEL.
-        sandbox.update(&self.sandboxes, |r| r.network = Some(PodNetwork { network: list.name.clone(), ..Default::default() }))?;
-        tracing::warn!(pod_id = %record.id, netns = %netns.display(), network = %list.name, "CNI ADD is not wired yet; the pod gets loopback only");
-        Ok(())
+    fn cni(&self) -> Cni {
+        let options = &self.options().cni;
+        Cni::new(&options.conf_dir, options.bin_dirs.clone(), self.options().root_dir.join("cni-results"))
     }
 
-    /// Detaches the pod from its CNI network; a pod that never had one is fine.
+    /// Attaches the pod's network namespace to the CNI network and returns what CNI
+    /// reported. Host-network pods get no network of their own; on a node without any CNI
+    /// config (kubelet keeps such a node NotReady) a pod gets loopback only.
+    pub(crate) async fn setup_pod_network(&self, sandbox: &Sandbox, monitor: &MonitorInfo) -> Result<Option<PodNetwork>> {
+        let record = sandbox.record();
+        if !record.namespaces.network {
+            return Ok(None);
+        }
+        let netns = monitor
+            .namespace_paths
+            .get("network")
+            .cloned()
+            .ok_or_else(|| Error::Internal("the pod's network namespace was not pinned".into()))?;
+        let cni = self.cni();
+        let list = match cni.network() {
+            Ok(list) => list,
+            Err(CniError::Config(ConfigError::NoConfig(dir))) => {
+                tracing::warn!(pod_id = %record.id, conf_dir = %dir.display(), "no CNI network config: the pod gets loopback only");
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::FailedPrecondition(format!("pod network: {e}"))),
+        };
+        // Recorded before ADD so that any failure (or a crash) leads to a DEL.
+        let planned = PodNetwork { network: list.name.clone(), ..Default::default() };
+        sandbox.update(&self.sandboxes, |r| r.network = Some(planned.clone()))?;
+        let attachment = attachment(&record, netns)?;
+        let result = tokio::task::spawn_blocking(move || cni.add(&attachment))
+            .await
+            .map_err(|e| Error::Internal(format!("CNI task failed: {e}")))?
+            .map_err(|e| Error::Unavailable(format!("pod network setup failed: {e}")))?;
+        let ips: Vec<String> = result.pod_ips(capstan_cni::DEFAULT_IFNAME).iter().map(|ip| ip.to_string()).collect();
+        tracing::info!(pod_id = %record.id, network = %list.name, ?ips, "pod attached to the network");
+        Ok(Some(PodNetwork { network: list.name, ips }))
+    }
+
+    /// Detaches the pod from its CNI network (DEL is idempotent); a pod that never had one
+    /// is fine.
     pub(crate) async fn teardown_pod_network(&self, sandbox: &Sandbox) -> Result<()> {
         let record = sandbox.record();
-        let Some(_network) = &record.network else { return Ok(()) };
+        if record.network.is_none() {
+            return Ok(());
+        }
+        let netns = record.pod_dir.join("ns/net");
+        let attachment = attachment(&record, netns)?;
+        let cni = self.cni();
+        tokio::task::spawn_blocking(move || cni.del(&attachment))
+            .await
+            .map_err(|e| Error::Internal(format!("CNI task failed: {e}")))?
+            .map_err(|e| Error::Unavailable(format!("pod network teardown failed: {e}")))?;
         sandbox.update(&self.sandboxes, |r| r.network = None)?;
         Ok(())
+    }
+}
+
+/// The pod as CNI plugins see it, with its `hostPort`s for `portmap`.
+fn attachment(record: &SandboxRecord, netns: std::path::PathBuf) -> Result<Attachment> {
+    let meta = record.metadata();
+    let ports = record.config.port_mappings.iter().map(port_mapping).collect::<Result<Vec<_>>>()?;
+    Ok(Attachment::new(&record.id, netns).with_pod(&meta.namespace, &meta.name, &meta.uid).with_port_mappings(ports))
+}
+
+fn port_mapping(p: &v1::PortMapping) -> Result<PortMapping> {
+    let port = |value: i32, what: &str| {
+        u16::try_from(value).map_err(|_| Error::InvalidArgument(format!("port mapping {what} {value} is not a port")))
+    };
+    let protocol = match v1::Protocol::try_from(p.protocol) {
+        Ok(v1::Protocol::Tcp) => Protocol::Tcp,
+        Ok(v1::Protocol::Udp) => Protocol::Udp,
+        Ok(v1::Protocol::Sctp) => Protocol::Sctp,
+        Err(_) => return Err(Error::InvalidArgument(format!("unknown port mapping protocol {}", p.protocol))),
+    };
+    let host_ip = match p.host_ip.as_str() {
+        "" | "0.0.0.0" | "::" => None,
+        ip => Some(ip.parse().map_err(|_| Error::InvalidArgument(format!("port mapping host_ip {ip:?} is not an address")))?),
+    };
+    Ok(PortMapping { host_port: port(p.host_port, "host_port")?, container_port: port(p.container_port, "container_port")?, protocol, host_ip })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_mappings_become_portmap_arguments() {
+        let m = v1::PortMapping { protocol: 1, container_port: 53, host_port: 5353, host_ip: "127.0.0.1".into() };
+        let p = port_mapping(&m).unwrap();
+        assert_eq!((p.host_port, p.container_port, p.protocol), (5353, 53, Protocol::Udp));
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        let bad = v1::PortMapping { container_port: 70000, ..m };
+        assert!(matches!(port_mapping(&bad), Err(Error::InvalidArgument(_))));
     }
 }

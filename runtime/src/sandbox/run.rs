@@ -19,6 +19,7 @@ impl Runtime {
         let id = crate::id::new_id()?;
         let span = tracing::info_span!("run_pod_sandbox", pod_id = %id, pod = %format!("{}/{}", meta.namespace, meta.name));
         async {
+            tracing::debug!("creating pod sandbox");
             self.sandboxes.reserve(&meta, &id)?;
             let sandbox = match self.plan_sandbox(&id, config, runtime_handler).and_then(|r| self.sandboxes.insert(r)) {
                 Ok(s) => s,
@@ -58,6 +59,8 @@ impl Runtime {
             }
         }
         let cgroups = PodCgroups::plan(self.options().cgroup_driver, &linux.cgroup_parent, id)?;
+        // Decided now so the one record written before any work knows what to undo.
+        let log_dir_created = !config.log_directory.is_empty() && !Path::new(&config.log_directory).exists();
         Ok(SandboxRecord {
             id: id.to_string(),
             config,
@@ -69,22 +72,22 @@ impl Runtime {
             cgroups,
             monitor: None,
             network: None,
-            shm_mounted: false,
-            log_dir_created: false,
+            log_dir_created,
         })
     }
 
     async fn create_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
+        // The record written at insert is enough to undo every step below: teardown
+        // unmounts whatever is mounted in the pod dir and finds the monitor by its state
+        // file. Only the last step writes the record again (each write is an fsync).
         let record = sandbox.record();
         let log_dir = Path::new(&record.config.log_directory);
-        if !record.config.log_directory.is_empty() && !log_dir.exists() {
-            sandbox.update(&self.sandboxes, |r| r.log_dir_created = true)?;
+        if record.log_dir_created {
             std::fs::create_dir_all(log_dir).map_err(Error::io("cannot create log directory", log_dir))?;
         }
         create_pod_dir(&record.pod_dir)?;
         super::files::write_pod_files(&record)?;
         if record.namespaces.ipc {
-            let record = sandbox.update(&self.sandboxes, |r| r.shm_mounted = true)?;
             super::files::mount_shm(&record)?;
         }
         let config = MonitorConfig {
@@ -94,13 +97,18 @@ impl Runtime {
             hostname: record.config.hostname.clone(),
             sysctls: record.config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default(),
             infra_cgroup: Some(record.cgroups.child(&record.id)),
-            log_level: "info".into(),
+            // `CAPSTAN_MONITOR_LOG=debug` in the daemon's environment for libcontainer's detail.
+            log_level: std::env::var("CAPSTAN_MONITOR_LOG").unwrap_or_else(|_| "info".into()),
         };
+        tracing::debug!("pod files written; starting the monitor");
         let info = client::spawn(&client::binary(), &config).await?;
         tracing::debug!(monitor_pid = info.pid, infra_pid = ?info.infra_pid, "monitor started");
-        sandbox.update(&self.sandboxes, |r| r.monitor = Some(info))?;
-        self.setup_pod_network(sandbox).await?;
-        sandbox.update(&self.sandboxes, |r| r.state = SandboxState::Ready)?;
+        let network = self.setup_pod_network(sandbox, &info).await?;
+        sandbox.update(&self.sandboxes, |r| {
+            r.monitor = Some(info);
+            r.network = network.or(r.network.take());
+            r.state = SandboxState::Ready;
+        })?;
         Ok(())
     }
 }

@@ -53,10 +53,8 @@ impl Runtime {
         let info = record.monitor.clone().or_else(|| client::read_info(&record.pod_dir));
         if let Some(info) = info.filter(crate::monitor::is_alive) {
             match client::call(&record.pod_dir, &Request::Shutdown, Duration::from_secs(60)).await {
-                Ok(_) => {
-                    wait_gone(&info).await;
-                    return Ok(());
-                }
+                // The monitor answers once everything is released; all it does after is exit.
+                Ok(_) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(pod_id = %record.id, error = %e, "monitor did not shut down; killing it");
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(info.pid), nix::sys::signal::Signal::SIGKILL);

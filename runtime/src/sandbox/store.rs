@@ -32,9 +32,6 @@ pub struct PodNetwork {
     /// Name of the CNI network list used (needed again for DEL).
     pub network: String,
     pub ips: Vec<String>,
-    /// Opaque state the network layer keeps for CHECK/DEL (e.g. the cached ADD result).
-    #[serde(default)]
-    pub state: serde_json::Value,
 }
 
 /// Everything the daemon knows about a pod, persisted.
@@ -53,9 +50,6 @@ pub struct SandboxRecord {
     pub monitor: Option<MonitorInfo>,
     #[serde(default)]
     pub network: Option<PodNetwork>,
-    /// Whether `/dev/shm` is a tmpfs of the pod's own (mounted at `<pod dir>/shm`).
-    #[serde(default)]
-    pub shm_mounted: bool,
     /// Whether the runtime created `log_directory` (and so removes it with the pod).
     #[serde(default)]
     pub log_dir_created: bool,
