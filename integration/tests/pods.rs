@@ -641,3 +641,134 @@ async fn five_pods_survive_kill_9_and_keep_logging() {
         env.remove_pod(&pod.0).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Networking with Debian's CNI plugins: bridge + host-local + portmap.
+
+/// A test's own CNI network: a uniquely named bridge and /24; on drop the bridge goes, and
+/// so do nat chains that appeared during the test (portmap's) and rules naming our pods.
+struct TestNet {
+    bridge: String,
+    subnet: String,
+    chains_before: std::collections::BTreeSet<String>,
+    pods: Vec<String>,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
+    match std::process::Command::new(cmd).args(args).output() {
+        Ok(o) => (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+fn nat_chains() -> std::collections::BTreeSet<String> {
+    sh("iptables-save", &["-t", "nat"]).1.lines().filter_map(|l| l.strip_prefix(':')).filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
+}
+
+impl TestNet {
+    fn new(daemon: &Daemon) -> TestNet {
+        let r = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() ^ std::process::id();
+        let bridge = format!("capt{:08x}", r);
+        let routes = sh("ip", &["-4", "route", "show"]).1;
+        let mut third = (r >> 8) as u8;
+        while routes.contains(&format!("10.244.{third}.")) {
+            third = third.wrapping_add(1);
+        }
+        let subnet = format!("10.244.{third}.0/24");
+        let list = serde_json::json!({"cniVersion": "1.0.0", "name": "podnet", "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": daemon.scratch().join("ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]});
+        std::fs::write(daemon.cni_conf_dir().join("10-podnet.conflist"), list.to_string()).unwrap();
+        TestNet { bridge, subnet, chains_before: nat_chains(), pods: Vec::new() }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["link", "del", &self.bridge]);
+        let after = nat_chains();
+        let new: Vec<&String> = after.difference(&self.chains_before).collect();
+        for chain in &after {
+            let rules: Vec<String> = sh("iptables", &["-w", "-t", "nat", "-S", chain]).1.lines().filter(|l| l.starts_with("-A ")).map(String::from).collect();
+            for (n, rule) in rules.iter().enumerate().rev() {
+                let ours = self.pods.iter().any(|p| rule.contains(p.as_str()));
+                let to_new = new.iter().any(|c| rule.ends_with(&format!("-j {c}")) || rule.contains(&format!("-j {c} ")));
+                if ours || to_new {
+                    let _ = sh("iptables", &["-w", "-t", "nat", "-D", chain, &(n + 1).to_string()]);
+                }
+            }
+        }
+        for chain in &new {
+            let _ = sh("iptables", &["-w", "-t", "nat", "-F", chain]);
+            let _ = sh("iptables", &["-w", "-t", "nat", "-X", chain]);
+        }
+    }
+}
+
+fn read_from(addr: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_port_reaches_the_pod_and_the_pod_ip_is_reported() {
+    let mut env = Env::start().await;
+    let mut net = TestNet::new(&env.daemon);
+    let host_port = capstan_integration::free_port();
+    let mut config = sandbox_config(&env.daemon, "ported");
+    config.port_mappings = vec![v1::PortMapping {
+        protocol: v1::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: host_port as i32,
+        host_ip: String::new(),
+    }];
+    let id = run_pod(&mut env.rt, &config, &mut env.cleanup).await;
+    net.pods.push(id.clone());
+    let pod = (id.clone(), config);
+    let status = pod_status(&mut env.rt, &id).await;
+    let ip: std::net::Ipv4Addr = status.network.as_ref().unwrap().ip.parse().unwrap_or_else(|e| panic!("pod IP {status:?}: {e}"));
+    let prefix = net.subnet.trim_end_matches("0/24");
+    assert!(ip.to_string().starts_with(prefix), "{ip} not in {}", net.subnet);
+
+    let server = "while true; do echo hello-from-pod | nc -l -p 8080; done";
+    env.run(&pod, container("web", &env.busybox, &["sh", "-c", server])).await;
+    // The pod IP directly, then the hostPort on the host's loopback.
+    let mut last = Err(String::new());
+    for _ in 0..50 {
+        last = read_from((ip, 8080).into());
+        if last.as_deref() == Ok("hello-from-pod\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.as_deref(), Ok("hello-from-pod\n"), "pod IP {ip}:8080");
+    // busybox nc serves one connection, then the loop starts the next one: retry briefly.
+    let mut via_host_port = Err(String::new());
+    for _ in 0..20 {
+        via_host_port = read_from((std::net::Ipv4Addr::LOCALHOST, host_port).into());
+        if via_host_port.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(via_host_port.as_deref(), Ok("hello-from-pod\n"), "127.0.0.1:{host_port}");
+    let nat = sh("iptables-save", &["-t", "nat"]).1;
+    assert!(nat.contains(&id), "portmap rules for the pod");
+
+    // StopPodSandbox tears the network down: rules gone, address released.
+    env.rt.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
+    assert!(!sh("iptables-save", &["-t", "nat"]).1.contains(&id), "portmap rules removed by DEL");
+    let veths = sh("ip", &["-o", "link", "show", "master", &net.bridge]).1;
+    assert!(veths.trim().is_empty(), "veths left on the bridge: {veths}");
+    assert!(pod_status(&mut env.rt, &id).await.network.unwrap_or_default().ip.is_empty());
+    let reserved = std::fs::read_dir(env.daemon.scratch().join("ipam/podnet")).map(|d| d.count()).unwrap_or(0);
+    assert!(reserved <= 2, "host-local keeps only its bookkeeping files: {reserved}");
+    env.remove_pod(&id).await;
+}
