@@ -22,12 +22,14 @@ GUEST_FORMAT=1
 SUITE=bookworm
 KERNEL_PKG=linux-image-amd64
 # What the guest tests need: the daemon's runtime packages (CNI plugins, iptables, iproute2,
-# libseccomp for capstan-monitor), the harness's (registry, busybox image source), the kernel
-# NFS server and client, mkfs for loop-backed local PVs.
+# libseccomp for capstan-monitor), the harness's (registry, busybox image source; the OCI
+# client's TLS stack refuses to start without system CA certificates), the kernel NFS server
+# and client, mkfs for loop-backed local PVs.
 GUEST_PKGS=(
   busybox-static docker-registry containernetworking-plugins
   nfs-kernel-server nfs-common
   e2fsprogs iproute2 iptables util-linux mount kmod procps psmisc libseccomp2
+  ca-certificates
 )
 HOST_PKGS=(debootstrap e2fsprogs kmod cpio gzip qemu-system-x86)
 # Driver trees no test guest needs; dropping them halves the root image.
@@ -157,6 +159,7 @@ printf '127.0.0.1\tlocalhost capstan-vm\n::1\t\tlocalhost ip6-localhost ip6-loop
 : >"$root/etc/resolv.conf"
 printf '/dev/vda / ext4 rw 0 1\n' >"$root/etc/fstab"
 # Package versions, for the record and for the report.
+# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
 chroot "$root" dpkg-query -W -f='${Package} ${Version}\n' >"$out.tmp/packages.txt" 2>/dev/null || true
 echo "$kpkg $(dpkg-deb -f "$work/kernel/"*.deb Version)" >>"$out.tmp/packages.txt"
 

@@ -12,13 +12,15 @@
 # Exits with the guest tests' status; prints the test counts, boot time and lane time.
 #
 # Environment: CAPSTAN_VM_TEST_ARGS (libtest arguments for the Rust tests),
-# CAPSTAN_VM_TIMEOUT (minutes, default 25), and those of run.sh / build-guest.sh.
+# CAPSTAN_VM_TIMEOUT (minutes, default 25), CAPSTAN_VM_CARGO_FLAGS (default --locked),
+# and those of run.sh / build-guest.sh.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 start=$(date +%s)
+cargo_flags=${CAPSTAN_VM_CARGO_FLAGS---locked}
 
 [ "$(id -u)" -eq 0 ] || { echo "lane.sh: run as root" >&2; exit 1; }
 if ! command -v jq >/dev/null 2>&1; then
@@ -30,10 +32,12 @@ echo "=== VM lane: guest image"
 bash "$here/build-guest.sh" >/dev/null
 
 echo "=== VM lane: building binaries and test executables (host)"
-cargo build --locked --workspace --bins
+# shellcheck disable=SC2086 # cargo_flags is a list of flags, possibly empty
+cargo build $cargo_flags --workspace --bins
 json=$(mktemp)
 trap 'rm -f "$json"' EXIT
-cargo test --locked -p capstan-integration --no-run --message-format=json >"$json"
+# shellcheck disable=SC2086
+cargo test $cargo_flags -p capstan-integration --no-run --message-format=json >"$json"
 
 # Test executables of the chosen targets (kind "test", i.e. integration/tests/<name>.rs).
 list=$(jq -r 'select(.reason == "compiler-artifact" and .executable != null and any(.target.kind[]; . == "test"))

@@ -18,6 +18,7 @@
 #   --timeout MIN       hard limit for the whole guest run (default 25); qemu is killed after it
 #   --test-timeout SEC  limit per test executable inside the guest (default 900)
 #   --mem MB, --smp N   guest size (default 2048, all host cores up to 4)
+#   --env NAME=VALUE    set in the tests' environment (repeatable), e.g. RUST_BACKTRACE=1
 #
 # Environment: CAPSTAN_VM_CACHE (guest cache dir, see build-guest.sh), CAPSTAN_VM_ACCEL.
 set -euo pipefail
@@ -38,6 +39,7 @@ tcg_cpu=${CAPSTAN_VM_TCG_CPU:-max}
 append_extra=${CAPSTAN_VM_APPEND:-}
 boot_deadline=180
 tests=()
+envs=()
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "capstan-vm: error: $*" >&2; exit 1; }
@@ -53,6 +55,9 @@ while [ "$#" -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
     --kvm-deadline) kvm_deadline=$2; shift 2 ;;
+    --env)
+      [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env wants NAME=VALUE, got '$2'"
+      envs+=("$2"); shift 2 ;;
     -h|--help) usage ;;
     --) shift; tests+=("$@"); break ;;
     -*) echo "run.sh: unknown option $1" >&2; usage ;;
@@ -96,6 +101,7 @@ stop_tail() {
   wait "$tailpid" 2>/dev/null || true
   tailpid=
 }
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
   stop_tail
   qemu_stop
@@ -128,6 +134,7 @@ done
   printf 'TEST_ARGS=%q\n' "$test_args"
   printf 'TEST_TIMEOUT=%q\n' "$test_timeout"
   printf 'NFS=%q\n' "$nfs"
+  for e in "${envs[@]}"; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
 } >"$share/lane.env"
 # 9p passes the host's ownership through; let the guest's root read everything.
 chmod -R a+rX "$share"
@@ -220,7 +227,7 @@ stop_tail
 tests_s=$(elapsed "$tests_start")
 
 # Counts from libtest's summary lines ("test result: ok. 3 passed; 0 failed; 1 ignored; ...").
-counts=$(grep -a '^test result:' "$stage/console.log" |
+counts=$( (grep -a '^test result:' "$stage/console.log" || true) |
   awk '{for(i=1;i<=NF;i++){if($(i+1) ~ /^passed/)p+=$i; if($(i+1) ~ /^failed/)f+=$i; if($(i+1) ~ /^ignored/)g+=$i}}
        END{printf "%d passed, %d failed, %d ignored", p, f, g}')
 

@@ -48,6 +48,7 @@ if ! mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup;
   say "error: cannot mount cgroup2 at /sys/fs/cgroup"
   finish 1
 fi
+# shellcheck disable=SC2013 # one line of words
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
   echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || say "warning: cannot enable controller $c"
 done
@@ -62,9 +63,11 @@ hostname capstan-vm
 modprobe -a loop overlay br_netfilter || say "warning: cannot load loop/overlay/br_netfilter"
 
 # The lane's settings, written by run.sh: TESTS (names under /capstan/tests), TEST_ARGS,
-# TEST_TIMEOUT (seconds per executable), NFS (1 = start the NFS server).
-TESTS= TEST_ARGS= TEST_TIMEOUT=900 NFS=0
+# TEST_TIMEOUT (seconds per executable), NFS (1 = start the NFS server), and any
+# `export NAME=value` lines given with run.sh --env.
+TESTS='' TEST_ARGS='' TEST_TIMEOUT=900 NFS=0
 if [ -f /capstan/lane.env ]; then
+  # shellcheck disable=SC1091 # written by run.sh at run time
   . /capstan/lane.env
 else
   say "error: no /capstan/lane.env on the share"
@@ -73,7 +76,6 @@ fi
 
 export CAPSTAN_VM=1
 export CAPSTAN_BIN_DIR=/capstan/bin
-export RUST_BACKTRACE=1
 export TMPDIR=/var/tmp
 
 if [ "$NFS" = 1 ]; then
@@ -99,12 +101,16 @@ for t in $TESTS; do
   # Each executable starts in its own scratch directory (cargo runs tests from the package
   # directory; nothing here may depend on that).
   dir=$(mktemp -d /var/tmp/lane.XXXXXX)
+  # Through a pipe, as on a CI host: the console is a terminal, and tests (and libtest's
+  # colours) would behave differently on one.
+  # shellcheck disable=SC2086 # TEST_ARGS is a list of words for libtest
   case "$t" in
-    *.sh) (cd "$dir" && timeout -k 10 "$TEST_TIMEOUT" sh "$exe") </dev/null 2>&1 ;;
-    # shellcheck disable=SC2086 # TEST_ARGS is a list of words for libtest
-    *) (cd "$dir" && timeout -k 10 "$TEST_TIMEOUT" "$exe" $TEST_ARGS) </dev/null 2>&1 ;;
+    *.sh) set -- sh "$exe" ;;
+    *) set -- "$exe" $TEST_ARGS ;;
   esac
-  status=$?
+  { (cd "$dir" && timeout -k 10 "$TEST_TIMEOUT" "$@") </dev/null 2>&1; echo $? >"$dir.status"; } | cat
+  status=$(cat "$dir.status" 2>/dev/null || echo 1)
+  rm -f "$dir.status"
   rm -rf "$dir"
   [ "$status" = 124 ] && say "$t timed out after $TEST_TIMEOUT s"
   say "=== $t exited $status after $(( $(date +%s) - start )) s"
