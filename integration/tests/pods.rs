@@ -772,3 +772,122 @@ async fn host_port_reaches_the_pod_and_the_pod_ip_is_reported() {
     assert!(reserved <= 2, "host-local keeps only its bookkeeping files: {reserved}");
     env.remove_pod(&id).await;
 }
+
+/// Nothing of this daemon's is mounted or running, and it keeps no pod or container.
+fn assert_daemon_holds_nothing(daemon: &Daemon) {
+    let mut left = leftovers(&daemon.state().display().to_string());
+    left.extend(leftovers(&daemon.root().display().to_string()));
+    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+    for records in [daemon.root().join("pods"), daemon.root().join("containers"), daemon.state().join("pods")] {
+        let n = std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{} is not empty", records.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_half_way_leave_nothing_behind() {
+    let mut env = Env::start().await;
+    // CNI ADD fails after the monitor, namespaces, /dev/shm and files exist.
+    let broken = daemon_cni_file(&env.daemon);
+    std::fs::write(&broken, r#"{"cniVersion":"1.0.0","name":"broken","plugins":[{"type":"no-such-plugin"}]}"#).unwrap();
+    let config = sandbox_config(&env.daemon, "halfway");
+    let err = env
+        .rt
+        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("no-such-plugin"), "{err:?}");
+    assert!(list_pods(&mut env.rt, v1::PodSandboxFilter::default()).await.is_empty());
+    assert!(!Path::new(&config.log_directory).exists(), "log dir created by the failed call is gone");
+    assert_daemon_holds_nothing(&env.daemon);
+    std::fs::remove_file(&broken).unwrap();
+
+    // The name is free again; a container whose command does not exist fails in create.
+    let pod = env.pod("halfway").await;
+    let request = |c: v1::ContainerConfig, pod_id: &str| v1::CreateContainerRequest {
+        pod_sandbox_id: pod_id.into(),
+        config: Some(c),
+        sandbox_config: Some(pod.1.clone()),
+    };
+    let err = env.rt.create_container(request(container("nope", &env.busybox, &["/no/such/binary"]), &pod.0)).await.unwrap_err();
+    assert!(err.message().contains("/no/such/binary") || err.message().contains("executable"), "{err:?}");
+    let err = env.rt.create_container(request(container("img", "127.0.0.1:1/absent:1", &["true"]), &pod.0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = env.rt.create_container(request(container("nopod", &env.busybox, &["true"]), "no-such-pod")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let mut no_meta = container("x", &env.busybox, &["true"]);
+    no_meta.metadata = None;
+    let err = env.rt.create_container(request(no_meta, &pod.0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let listed = env.rt.list_containers(v1::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    let containers = std::fs::read_dir(env.daemon.root().join("containers")).unwrap().count();
+    assert_eq!(containers, 0, "container records of failed creates are gone");
+    // The same name works once the cause is fixed.
+    let ok = env.run(&pod, container("nope", &env.busybox, &["true"])).await;
+    assert_eq!(env.wait_exited(&ok).await.exit_code, 0);
+    env.remove_pod(&pod.0).await;
+    assert_daemon_holds_nothing(&env.daemon);
+}
+
+fn daemon_cni_file(daemon: &Daemon) -> PathBuf {
+    daemon.cni_conf_dir().join("05-broken.conflist")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_monitor_means_exited_containers_and_remove_still_cleans_up() {
+    let mut env = Env::start().await;
+    let pod = env.pod("lost").await;
+    let c = env.run(&pod, container("sleeper", &env.busybox, &["sleep", "3600"])).await;
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.daemon.state().join("pods").join(&pod.0).join("monitor.state")).unwrap()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(state["pid"].as_i64().unwrap() as i32), nix::sys::signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = env.status(&c).await;
+        if s.state == v1::ContainerState::ContainerExited as i32 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((s.reason.as_str(), s.exit_code), ("MonitorLost", 255), "{s:?}");
+    assert!(s.message.contains("monitor"), "{s:?}");
+    // The sleeper itself outlived its monitor; RemovePodSandbox (without Stop) kills it.
+    let cgroup = Path::new("/sys/fs/cgroup/pids/capstan").join(&pod.0).join(&c).join("cgroup.procs");
+    let procs = std::fs::read_to_string(&cgroup).unwrap_or_default();
+    assert!(!procs.trim().is_empty(), "the container still runs: {}", cgroup.display());
+    env.rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod.0.clone() }).await.unwrap();
+    for pid in procs.lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "process {pid} survived: {stat}");
+    }
+    assert_no_leftovers(&env.daemon, &pod.0);
+    assert_daemon_holds_nothing(&env.daemon);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_network_pods_run_containers_in_the_host_namespaces() {
+    let mut env = Env::start().await;
+    let mut config = sandbox_config(&env.daemon, "hostnet-c");
+    config.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options = Some(v1::NamespaceOption {
+        network: v1::NamespaceMode::Node as i32,
+        pid: v1::NamespaceMode::Container as i32,
+        ipc: v1::NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    let id = run_pod(&mut env.rt, &config, &mut env.cleanup).await;
+    let pod = (id.clone(), config);
+    let mut c = container("ns", &env.busybox, &["sh", "-c", "readlink /proc/self/ns/net; readlink /proc/self/ns/ipc; hostname"]);
+    c.linux.get_or_insert_with(Default::default).security_context = Some(v1::LinuxContainerSecurityContext {
+        namespace_options: pod.1.linux.as_ref().unwrap().security_context.as_ref().unwrap().namespace_options.clone(),
+        ..Default::default()
+    });
+    let c = env.run(&pod, c).await;
+    env.wait_exited(&c).await;
+    let lines: Vec<String> = messages(&log_of(&pod.1, "ns")).into_iter().map(|(_, m)| m).collect();
+    let host = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display().to_string();
+    let hostname = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+    assert_eq!(lines, vec![host("net"), host("ipc"), hostname]);
+    env.remove_pod(&id).await;
+}

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::stop::Teardown;
 use super::store::Sandbox;
 use crate::{Error, Result, Runtime};
 
@@ -16,14 +17,14 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         let _exclusive = sandbox.lock.write().await;
-        self.destroy_sandbox(&sandbox).await?;
+        self.destroy_sandbox(&sandbox, Teardown::Strict).await?;
         tracing::info!(pod_id = %sandbox.id, "pod sandbox removed");
         Ok(())
     }
 
     /// Tears down everything the pod's record says exists; the caller holds its lock.
-    pub(crate) async fn destroy_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
-        self.stop_sandbox_locked(sandbox).await?;
+    pub(crate) async fn destroy_sandbox(&self, sandbox: &Sandbox, how: Teardown) -> Result<()> {
+        self.stop_sandbox_locked(sandbox, how).await?;
         for c in self.containers.of_pod(&sandbox.id) {
             let _c = c.lock.lock().await;
             self.forget_container(&c).await?;

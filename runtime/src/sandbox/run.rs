@@ -8,6 +8,7 @@ use cri_proto::monitor::{MonitorConfig, PodNamespaces};
 use cri_proto::v1;
 use tracing::Instrument;
 
+use super::stop::Teardown;
 use super::store::{Sandbox, SandboxRecord, SandboxState};
 use crate::cgroups::PodCgroups;
 use crate::monitor::client;
@@ -36,7 +37,8 @@ impl Runtime {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "RunPodSandbox failed; undoing what was done");
-                    if let Err(undo) = self.destroy_sandbox(&sandbox).await {
+                    // Best effort: kubelet never learns this id, so nobody would retry.
+                    if let Err(undo) = self.destroy_sandbox(&sandbox, Teardown::BestEffort).await {
                         tracing::error!(error = %undo, "could not undo a failed RunPodSandbox completely");
                     }
                     Err(e)

@@ -11,6 +11,14 @@ use crate::container::store::has_exited;
 use crate::monitor::client;
 use crate::{Error, Result, Runtime};
 
+/// Whether a failing network teardown stops the teardown (and is reported), or is logged
+/// and passed over (undoing a RunPodSandbox nobody will retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    Strict,
+    BestEffort,
+}
+
 impl Runtime {
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let sandbox = match self.sandboxes.find(id) {
@@ -20,11 +28,11 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         let _exclusive = sandbox.lock.write().await;
-        self.stop_sandbox_locked(&sandbox).await
+        self.stop_sandbox_locked(&sandbox, Teardown::Strict).await
     }
 
     /// Stops the pod; the caller holds its lock exclusively.
-    pub(crate) async fn stop_sandbox_locked(&self, sandbox: &Sandbox) -> Result<()> {
+    pub(crate) async fn stop_sandbox_locked(&self, sandbox: &Sandbox, how: Teardown) -> Result<()> {
         let record = sandbox.record();
         if record.monitor_alive() {
             for c in self.containers.of_pod(&record.id) {
@@ -38,7 +46,13 @@ impl Runtime {
                 }
             }
         }
-        self.teardown_pod_network(sandbox).await?;
+        match self.teardown_pod_network(sandbox).await {
+            Ok(()) => {}
+            // A failed DEL is reported so kubelet retries the call; the network plugins
+            // still hold an address or rules for this pod.
+            Err(e) if how == Teardown::Strict => return Err(e),
+            Err(e) => tracing::warn!(pod_id = %record.id, error = %e, "CNI DEL failed; going on with the teardown"),
+        }
         self.shutdown_monitor(&record).await?;
         if record.state != SandboxState::NotReady {
             sandbox.update(&self.sandboxes, |r| r.state = SandboxState::NotReady)?;
