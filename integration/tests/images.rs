@@ -489,3 +489,46 @@ async fn concurrent_pulls_share_one_download_and_different_images_run_in_paralle
     let mut c = daemon.image_client().await;
     assert_eq!(list(&mut c).await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_schema2_manifests_pull_like_oci_ones() {
+    if !root_or_skip() {
+        return;
+    }
+    use oci_client::client::{ClientConfig, ClientProtocol};
+    let registry = Registry::start().await;
+    let built = ImageBuilder::busybox().label("kind", "docker").build();
+    // Blobs first (pushed with an OCI manifest under another tag), then a docker manifest.
+    capstan_integration::image::push_built(&built, &registry, "docker/app", &["oci"]).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": built.config_digest, "size": built.config.len(),
+        },
+        "layers": built.layers.iter().map(|l| serde_json::json!({
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "digest": l.digest, "size": l.gzip.len(),
+        })).collect::<Vec<_>>(),
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = capstan_integration::image::sha256(&bytes);
+    let client = oci_client::Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() });
+    let reference: oci_client::Reference = format!("{}/docker/app:v2", registry.host()).parse().unwrap();
+    client
+        .push_manifest_raw(
+            &reference,
+            bytes,
+            http::HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json"),
+        )
+        .await
+        .expect("push docker manifest");
+
+    let daemon = Daemon::start(DaemonOptions::default()).await;
+    let mut c = daemon.image_client().await;
+    let id = pull(&mut c, &reference.whole(), None).await.expect("pull a docker schema2 image");
+    assert_eq!(id, built.config_digest);
+    let image = status(&mut c, &reference.whole()).await.unwrap();
+    assert_eq!(image.repo_digests, vec![format!("{}/docker/app@{digest}", registry.host())]);
+}
