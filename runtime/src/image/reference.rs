@@ -91,10 +91,14 @@ pub fn parse_id(s: &str) -> Option<String> {
     is_sha256_hex(hex).then(|| format!("sha256:{hex}"))
 }
 
+/// The shortest id prefix accepted: crictl shows 13 characters; much shorter prefixes
+/// would let a typo remove some other image.
+const MIN_ID_PREFIX: usize = 12;
+
 /// Whether `s` could be the start of an image id (`sha256:` optional, lowercase hex).
 pub fn id_prefix(s: &str) -> Option<&str> {
     let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    (!hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    (hex.len() >= MIN_ID_PREFIX && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         .then_some(hex)
 }
 
@@ -152,7 +156,8 @@ mod tests {
         assert_eq!(parse_id(&D[7..]).as_deref(), Some(D));
         assert_eq!(parse_id(D).as_deref(), Some(D));
         assert_eq!(parse_id("busybox"), None);
-        assert_eq!(id_prefix("sha256:ffff"), Some("ffff"));
+        assert_eq!(id_prefix("sha256:ffffffffffff"), Some("ffffffffffff"));
+        assert_eq!(id_prefix("ffff"), None, "too short to be unambiguous");
         assert_eq!(id_prefix("busybox"), None);
         assert!(digest_hex("sha256:../../etc").is_err());
         assert_eq!(digest_hex(D).unwrap().len(), 64);
