@@ -153,7 +153,7 @@ echo "$kver" >"$out.tmp/kernel-version"
 # Guest root: trimmed of caches and docs, with the mount points the guest init uses.
 rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* \
        "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/info" "$root/usr/share/locale"
-mkdir -p "$root/capstan" "$root/results" "$root/export" "$root/sys/fs/cgroup"
+mkdir -p "$root/lane" "$root/results" "$root/export" "$root/sys/fs/cgroup"
 echo capstan-vm >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost capstan-vm\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 : >"$root/etc/resolv.conf"

@@ -8,7 +8,8 @@
 #   - integration/vm/tests/*.sh (the lane's own checks: cgroup v2, OOM kill, NFS, loop ext4)
 #   - the capstan-integration test targets named TARGET, by default every target whose name
 #     starts with `vm_` (integration/tests/vm_*.rs: the tests only the guest can run; they
-#     see CAPSTAN_VM=1 there).
+#     see CAPSTAN_VM=1 there)
+#   - integration/leftovers.sh, so nothing may be left behind in the guest either.
 # Exits with the guest tests' status; prints the test counts, boot time and lane time.
 #
 # Environment: CAPSTAN_VM_TEST_ARGS (libtest arguments for the Rust tests),
@@ -55,7 +56,8 @@ else
   done <<<"$list"
 fi
 
-tests=("$here"/tests/*.sh "${exes[@]}")
+# Last, the host lane's leftovers check, in the guest: the tests clean up there too.
+tests=("$here"/tests/*.sh "${exes[@]}" "$repo/integration/leftovers.sh")
 
 echo "=== VM lane: running ${#tests[@]} test executables in the guest"
 for t in "${tests[@]}"; do echo "    $t"; done

@@ -5,9 +5,10 @@
 #
 #   run.sh [options] TEST...
 #
-# TEST is a test executable built on this host (cargo test --no-run) or a shell script
-# (*.sh, run with the guest's /bin/sh). They run as root, one after the other, each from an
-# empty scratch directory, with CAPSTAN_BIN_DIR=/capstan/bin (capstan, capstan-monitor),
+# TEST is a test executable built on this host (cargo test --no-run) or a script (*.sh, run
+# by its #! line, /bin/sh without one; --test-args are not passed to scripts). They run as
+# root, one after the other, each from an
+# empty scratch directory, with CAPSTAN_BIN_DIR=/lane/bin (capstan, capstan-monitor),
 # CAPSTAN_VM=1 and, with --nfs, CAPSTAN_NFS_SERVER=127.0.0.1 CAPSTAN_NFS_EXPORT=/export.
 #
 # Options:
@@ -19,6 +20,7 @@
 #   --test-timeout SEC  limit per test executable inside the guest (default 900)
 #   --mem MB, --smp N   guest size (default 2048, all host cores up to 4)
 #   --env NAME=VALUE    set in the tests' environment (repeatable), e.g. RUST_BACKTRACE=1
+#   --keep-debug        share executables with their debug info (file:line in backtraces)
 #
 # Environment: CAPSTAN_VM_CACHE (guest cache dir, see build-guest.sh), CAPSTAN_VM_ACCEL.
 set -euo pipefail
@@ -28,6 +30,7 @@ repo=$(cd "$here/../.." && pwd)
 
 bin_dir=$repo/target/debug
 nfs=0
+keep_debug=0
 test_args=
 accel=${CAPSTAN_VM_ACCEL:-auto}
 timeout_min=25
@@ -48,6 +51,7 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     --bin-dir) bin_dir=$2; shift 2 ;;
     --nfs) nfs=1; shift ;;
+    --keep-debug) keep_debug=1; shift ;;
     --test-args) test_args=$2; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
     --timeout) timeout_min=$2; shift 2 ;;
@@ -110,12 +114,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The share: hard links where possible (same file system, no copy), else copies. Cargo
-# replaces rather than rewrites its outputs, so a link is a stable snapshot.
+# The share holds copies, never links: a rebuild during the run must not change what the
+# guest executes. Executables lose their debug info on the way (a fifth of the size, so
+# less to copy and to page in over 9p; backtraces keep function names) unless --keep-debug.
 share=$stage/share
 results=$stage/results
 mkdir -p "$share/bin" "$share/tests" "$share/guest" "$results"
-put() { ln -f "$1" "$2" 2>/dev/null || cp -f "$1" "$2"; }
+put() {
+  if [ "$keep_debug" = 0 ] && [ "$(head -c 4 "$1" | od -An -c | tr -d ' ')" = '177ELF' ] &&
+     objcopy --strip-debug "$1" "$2" 2>/dev/null; then
+    :
+  else
+    cp -f "$1" "$2"
+  fi
+  chmod 0755 "$2"
+}
 put "$bin_dir/capstan" "$share/bin/capstan"
 [ -x "$bin_dir/capstan-monitor" ] && put "$bin_dir/capstan-monitor" "$share/bin/capstan-monitor"
 cp "$here/guest/"* "$share/guest/"
@@ -126,7 +139,6 @@ for t in "${tests[@]}"; do
   i=$((i + 1))
   name=$(printf '%02d-%s' "$i" "$(basename "$t")")
   put "$t" "$share/tests/$name"
-  chmod +x "$share/tests/$name" 2>/dev/null || true
   names+=("$name")
 done
 {
@@ -136,8 +148,6 @@ done
   printf 'NFS=%q\n' "$nfs"
   for e in "${envs[@]}"; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
 } >"$share/lane.env"
-# 9p passes the host's ownership through; let the guest's root read everything.
-chmod -R a+rX "$share"
 
 # boot ACCEL DEADLINE: starts qemu in the background with the console going to
 # $stage/console.log, and waits until the guest init says it is ready. Returns 1 if it
@@ -153,7 +163,7 @@ boot() {
     -nodefaults -no-user-config -no-reboot -display none \
     -machine q35 -accel "$acc_opt" -cpu "$cpu" -smp "$smp" -m "$mem" \
     -kernel "$guest/vmlinuz" -initrd "$guest/initrd.img" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 systemd.unified_cgroup_hierarchy=1 capstan.init=/capstan/guest/init.sh $append_extra" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 systemd.unified_cgroup_hierarchy=1 capstan.init=/lane/guest/init.sh $append_extra" \
     -drive "file=$guest/root.img,format=raw,if=virtio,snapshot=on,cache=unsafe" \
     -virtfs "local,path=$share,mount_tag=capstan,security_model=none,readonly=on" \
     -virtfs "local,path=$results,mount_tag=results,security_model=none" \

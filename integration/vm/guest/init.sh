@@ -1,10 +1,10 @@
 #!/bin/sh
-# PID 1 of the VM lane's guest (run by the initramfs from the read-only share at /capstan).
+# PID 1 of the VM lane's guest (run by the initramfs from the read-only share at /lane).
 #
 # Sets up what a pure cgroup v2 node has (cgroup2 at /sys/fs/cgroup with every controller
 # enabled for children, the init itself in init.scope so the root cgroup holds no process,
 # like under systemd), loopback, the loop and NFS modules, optionally the kernel NFS server
-# on 127.0.0.1, then runs the test executables listed in /capstan/lane.env one after the
+# on 127.0.0.1, then runs the test executables listed in /lane/lane.env one after the
 # other and writes their combined exit code to /results/rc before powering off.
 #
 # Output goes to the console (the host streams it). Lines starting "capstan-vm:" are the
@@ -62,24 +62,24 @@ hostname capstan-vm
 # demand through /sbin/modprobe. One modprobe call: each one costs ~0.5 s under emulation.
 modprobe -a loop overlay br_netfilter || say "warning: cannot load loop/overlay/br_netfilter"
 
-# The lane's settings, written by run.sh: TESTS (names under /capstan/tests), TEST_ARGS,
+# The lane's settings, written by run.sh: TESTS (names under /lane/tests), TEST_ARGS,
 # TEST_TIMEOUT (seconds per executable), NFS (1 = start the NFS server), and any
 # `export NAME=value` lines given with run.sh --env.
 TESTS='' TEST_ARGS='' TEST_TIMEOUT=900 NFS=0
-if [ -f /capstan/lane.env ]; then
+if [ -f /lane/lane.env ]; then
   # shellcheck disable=SC1091 # written by run.sh at run time
-  . /capstan/lane.env
+  . /lane/lane.env
 else
-  say "error: no /capstan/lane.env on the share"
+  say "error: no /lane/lane.env on the share"
   finish 1
 fi
 
 export CAPSTAN_VM=1
-export CAPSTAN_BIN_DIR=/capstan/bin
+export CAPSTAN_BIN_DIR=/lane/bin
 export TMPDIR=/var/tmp
 
 if [ "$NFS" = 1 ]; then
-  if sh /capstan/guest/nfs-server.sh start; then
+  if sh /lane/guest/nfs-server.sh start; then
     export CAPSTAN_NFS_SERVER=127.0.0.1 CAPSTAN_NFS_EXPORT=/export
   else
     say "error: the NFS server did not start"
@@ -94,7 +94,7 @@ rc=0
 total=0
 failed=
 for t in $TESTS; do
-  exe=/capstan/tests/$t
+  exe=/lane/tests/$t
   total=$((total + 1))
   say "=== running $t"
   start=$(date +%s)
@@ -105,7 +105,7 @@ for t in $TESTS; do
   # colours) would behave differently on one.
   # shellcheck disable=SC2086 # TEST_ARGS is a list of words for libtest
   case "$t" in
-    *.sh) set -- sh "$exe" ;;
+    *.sh) set -- "$exe" ;;
     *) set -- "$exe" $TEST_ARGS ;;
   esac
   { (cd "$dir" && timeout -k 10 "$TEST_TIMEOUT" "$@") </dev/null 2>&1; echo $? >"$dir.status"; } | cat
@@ -120,7 +120,7 @@ for t in $TESTS; do
   fi
 done
 
-[ "$NFS" = 1 ] && sh /capstan/guest/nfs-server.sh stop
+[ "$NFS" = 1 ] && sh /lane/guest/nfs-server.sh stop
 
 if [ "$rc" = 0 ]; then
   say "all $total test executables passed"
