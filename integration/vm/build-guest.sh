@@ -31,7 +31,8 @@ GUEST_PKGS=(
   e2fsprogs iproute2 iptables util-linux mount kmod procps psmisc libseccomp2
   ca-certificates
 )
-HOST_PKGS=(debootstrap e2fsprogs kmod cpio gzip qemu-system-x86)
+# What the lane needs on the host (jq: lane.sh reads cargo's JSON; objcopy: run.sh strips).
+HOST_PKGS=(debootstrap e2fsprogs kmod cpio gzip qemu-system-x86 jq binutils)
 # Driver trees no test guest needs; dropping them halves the root image.
 PRUNE_MODULES=(
   sound drivers/gpu drivers/media drivers/infiniband drivers/iio drivers/usb drivers/staging
@@ -73,6 +74,18 @@ key=$( { echo "format=$GUEST_FORMAT suite=$SUITE kernel=$KERNEL_PKG";
          cat "$here/initramfs-init"; } | sha256sum | cut -c1-16)
 out="$CACHE/guest-$key"
 
+# The host's tools, checked on every call (cheap): run.sh and lane.sh rely on them too.
+missing=()
+for p in "${HOST_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing host packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
 if [ -f "$out/ready" ]; then
   log "cached guest $out"
   echo "$out"
@@ -90,17 +103,6 @@ if [ -f "$out/ready" ]; then
 fi
 
 start=$(date +%s)
-missing=()
-for p in "${HOST_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  log "installing host packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
-
 work=$(mktemp -d "$CACHE/build.XXXXXX")
 cleanup() {
   # debootstrap mounts proc/sys inside the target; never leave them behind.

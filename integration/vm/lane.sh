@@ -24,12 +24,9 @@ start=$(date +%s)
 cargo_flags=${CAPSTAN_VM_CARGO_FLAGS---locked}
 
 [ "$(id -u)" -eq 0 ] || { echo "lane.sh: run as root" >&2; exit 1; }
-if ! command -v jq >/dev/null 2>&1; then
-  echo "lane.sh: installing jq (reads cargo's JSON list of test executables)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends jq >/dev/null
-fi
 
 echo "=== VM lane: guest image"
+# Also installs the host's tools (qemu, debootstrap, jq, ...) when missing.
 bash "$here/build-guest.sh" >/dev/null
 
 echo "=== VM lane: building binaries and test executables (host)"
