@@ -178,7 +178,7 @@ fn disk_space(root: &Path) -> Check {
     }
     match nix::sys::statvfs::statvfs(probe) {
         Ok(s) => {
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+            let free = s.blocks_available() * s.fragment_size();
             let gib = free as f64 / (1u64 << 30) as f64;
             let detail = format!("{gib:.1} GiB free for {}", root.display());
             if gib < 2.0 {
