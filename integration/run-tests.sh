@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command to test Capstan on a fresh Debian 12 machine, as root: installs every package
-# the tests need, builds everything, runs clippy and every test (unit and integration).
+# the tests need, builds everything, runs clippy and every test (unit and integration) on the
+# host, then the VM lane (pure cgroup v2, kernel NFS) in a qemu guest.
 # Exits non-zero when anything fails. .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +22,8 @@ status=$?
 set -e
 
 bash integration/leftovers.sh || status=1
+
+# The second lane: Debian's kernel in qemu with pure cgroup v2 and kernel NFS
+# (integration/vm/README.md). It runs the prebuilt integration/tests/vm_*.rs there.
+bash integration/vm/lane.sh || status=1
 exit "$status"

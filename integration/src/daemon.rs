@@ -110,7 +110,7 @@ impl Daemon {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + ready_timeout();
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -125,7 +125,7 @@ impl Daemon {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "capstan did not become ready in 20 s; log:\n{}", self.log());
+            assert!(Instant::now() < deadline, "capstan did not become ready in {:?}; log:\n{}", ready_timeout(), self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -176,6 +176,12 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How long the daemon may take to answer after start: software emulation in the VM lane
+/// runs 5-15 times slower than the host.
+fn ready_timeout() -> Duration {
+    if std::env::var_os("CAPSTAN_VM").is_some() { Duration::from_secs(120) } else { Duration::from_secs(20) }
 }
 
 /// The `capstan` binary under test.
