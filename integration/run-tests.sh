@@ -21,6 +21,9 @@ cargo test --locked --workspace --no-fail-fast
 status=$?
 set -e
 
+# A smoke run of the benchmark harness (Capstan only, debug build) so it does not rot.
+bash integration/bench/vs-containerd.sh --capstan-only --debug --iterations 2 --rounds 1 --parallel 3 || status=1
+
 bash integration/leftovers.sh || status=1
 
 # The second lane: Debian's kernel in qemu with pure cgroup v2 and kernel NFS

@@ -4,7 +4,7 @@
 # same CNI plugins. Runtimes are measured alternately (A B A B ...) so drift on the machine
 # hits both. Everything started here is stopped and removed at the end.
 #
-#   bash integration/bench/vs-containerd.sh [--iterations N] [--rounds R] [--parallel K]... [--capstan-only|--containerd-only]
+#   bash integration/bench/vs-containerd.sh [--iterations N] [--rounds R] [--parallel K]... [--capstan-only|--containerd-only] [--debug]
 #
 # Prints each runtime's per-step median/p95/max, the ratio containerd/capstan per step,
 # parallel start figures and RSS (daemon; per pod: capstan-monitor vs containerd-shim).
@@ -17,6 +17,7 @@ ROUNDS=2
 PARALLEL=()
 CAPSTAN_ONLY=0
 CONTAINERD_ONLY=0
+PROFILE=release
 while [ $# -gt 0 ]; do
   case "$1" in
     --iterations) ITERATIONS=$2; shift 2 ;;
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
     --parallel) PARALLEL+=("$2"); shift 2 ;;
     --capstan-only) CAPSTAN_ONLY=1; shift ;;
     --containerd-only) CONTAINERD_ONLY=1; shift ;;
+    --debug) PROFILE=debug; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -39,8 +41,12 @@ if [ "$CAPSTAN_ONLY" = 0 ]; then
   fi
 fi
 bash packaging/deps.sh runtime build test >/dev/null
-cargo build --release --bins -q
-BIN="$ROOT_DIR/target/release"
+if [ "$PROFILE" = release ]; then
+  cargo build --release --bins -q
+else
+  cargo build --bins -q
+fi
+BIN="$ROOT_DIR/target/$PROFILE"
 
 WORK=$(mktemp -d /tmp/capstan-bench.XXXXXX)
 PIDS=()
