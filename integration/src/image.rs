@@ -138,6 +138,33 @@ impl ImageBuilder {
         self.layer(Layer::Entries(vec![Entry::File { path, data: data.into(), mode, uid: 0, gid: 0 }]))
     }
 
+    /// Adds `mib` MiB of incompressible bytes spread over `layers` new layers
+    /// (`data/blob<i>`), so the image really is that large on the wire. `seed` varies the
+    /// bytes, so two images built with different seeds share no layer.
+    pub fn with_random_layers(mut self, mib: usize, layers: usize, seed: u64) -> Self {
+        let per_layer = mib * 1024 * 1024 / layers.max(1);
+        // xorshift64: fast and incompressible enough for gzip.
+        let mut state = seed | 1;
+        for i in 0..layers {
+            let data: Vec<u8> = (0..per_layer)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            self = self.layer(Layer::Entries(vec![Entry::File {
+                path: format!("data/blob{i}"),
+                data,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            }]));
+        }
+        self
+    }
+
     pub fn user(mut self, user: &str) -> Self {
         self.user = Some(user.into());
         self

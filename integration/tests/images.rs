@@ -437,27 +437,7 @@ async fn images_survive_restart_and_a_crash_mid_pull_leaves_no_half_image() {
 
 /// Busybox plus `mib` MiB of incompressible data in four layers.
 fn big_image(mib: usize) -> ImageBuilder {
-    let mut builder = ImageBuilder::busybox();
-    let per_layer = mib * 1024 * 1024 / 4;
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    for i in 0..4 {
-        let data: Vec<u8> = (0..per_layer)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        builder = builder.layer(Layer::Entries(vec![Entry::File {
-            path: format!("data/blob{i}"),
-            data,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        }]));
-    }
-    builder
+    ImageBuilder::busybox().with_random_layers(mib, 4, 0x2545_f491_4f6c_dd1d)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use capstan_integration::daemon::{Daemon, DaemonOptions};
-use capstan_integration::image::{Entry, ImageBuilder, Layer};
+use capstan_integration::image::ImageBuilder;
 use capstan_integration::registry::Registry;
 use cri_proto::v1;
 
@@ -30,27 +30,7 @@ async fn pull_50mb_capstan_vs_skopeo() {
     let layers = env_usize("PULL_BENCH_LAYERS", 5);
     let rounds = env_usize("PULL_BENCH_ROUNDS", 3);
     let registry = Registry::start().await;
-    let mut builder = ImageBuilder::busybox();
-    let per_layer = mib * 1024 * 1024 / layers;
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    for i in 0..layers {
-        // xorshift: incompressible, so the layers really are `mib` MiB on the wire.
-        let data: Vec<u8> = (0..per_layer)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        builder = builder.layer(Layer::Entries(vec![Entry::File {
-            path: format!("data/blob{i}"),
-            data,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        }]));
-    }
+    let builder = ImageBuilder::busybox().with_random_layers(mib, layers, 0x9e37_79b9_7f4a_7c15);
     let image = builder.push(&registry, "bench/pull", &["1"]).await;
     let reference = image.references[0].clone();
     println!(

@@ -6,7 +6,7 @@
 //! - `pause:3.10`: a pause stand-in (busybox `sleep` as PID 1) for runtimes that need one.
 //! - `bench/big:1` (with `--big-mib N`): N MiB of incompressible data in several layers.
 
-use capstan_integration::image::{ImageBuilder, Layer, Entry, push_to_host};
+use capstan_integration::image::{ImageBuilder, push_to_host};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -31,27 +31,7 @@ async fn main() {
     let pause = ImageBuilder::busybox().entrypoint(&["/bin/sleep", "infinity"]).cmd(&[]).build();
     println!("{}", push_to_host(&pause, host, None, "pause", &["3.10"]).await.references[0]);
     if args.big_mib > 0 {
-        let mut builder = ImageBuilder::busybox();
-        let per_layer = args.big_mib.div_ceil(5) * 1024 * 1024;
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        for i in 0..5 {
-            // xorshift: incompressible bytes, so gzip cannot shrink the layers.
-            let data: Vec<u8> = (0..per_layer)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            builder = builder.layer(Layer::Entries(vec![Entry::File {
-                path: format!("data/blob{i}"),
-                data,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            }]));
-        }
+        let builder = ImageBuilder::busybox().with_random_layers(args.big_mib, 5, 0x9e37_79b9_7f4a_7c15);
         let big = builder.build();
         println!("{}", push_to_host(&big, host, None, "bench/big", &["1"]).await.references[0]);
     }
