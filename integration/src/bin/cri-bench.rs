@@ -213,35 +213,45 @@ fn print_steps(label: &str, steps: &Steps) {
     }
 }
 
-/// Sum of VmRSS (KiB) and count of the processes whose name is `name`.
-fn rss_of(name: &str) -> (u64, usize) {
-    let mut total = 0;
-    let mut count = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else { return (0, 0) };
+/// Memory of the processes named `name`: summed RSS and PSS (KiB) and how many there are.
+/// RSS counts shared code once per process; PSS splits shared pages among their users, so
+/// it is the fair per-process cost.
+fn memory_of(name: &str) -> (u64, u64, usize) {
+    let (mut rss, mut pss, mut count) = (0, 0, 0);
+    let Ok(dir) = std::fs::read_dir("/proc") else { return (0, 0, 0) };
     for entry in dir.flatten() {
         let path = entry.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         if comm.trim_end() != name {
             continue;
         }
-        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            total += kb;
+        let rollup = std::fs::read_to_string(path.join("smaps_rollup")).unwrap_or_default();
+        let field = |key: &str| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        if let (Some(r), Some(p)) = (field("Rss:"), field("Pss:")) {
+            rss += r;
+            pss += p;
             count += 1;
         }
     }
-    (total, count)
+    (rss, pss, count)
 }
 
 fn print_rss(label: &str, phase: &str, names: &[String]) {
     for name in names {
-        let (kb, n) = rss_of(name);
-        let per = if n > 0 { kb as f64 / n as f64 / 1024.0 } else { 0.0 };
-        println!("{label:<8} rss {phase:<12} {name:<28} procs={n:<4} total_mib={:.1} per_proc_mib={per:.2}", kb as f64 / 1024.0);
+        let (rss, pss, n) = memory_of(name);
+        let per = |kb: u64| if n > 0 { kb as f64 / n as f64 / 1024.0 } else { 0.0 };
+        println!(
+            "{label:<8} mem {phase:<12} {name:<18} procs={n:<4} rss_mib={:.1} pss_mib={:.1} per_proc_rss_mib={:.2} per_proc_pss_mib={:.2}",
+            rss as f64 / 1024.0,
+            pss as f64 / 1024.0,
+            per(rss),
+            per(pss)
+        );
     }
 }
 
