@@ -181,6 +181,32 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    fn test_store(dir: &Path) -> ImageStore {
+        let options = crate::ImageOptions {
+            sandbox_image: String::new(),
+            registry_config_dir: dir.join("certs.d"),
+            insecure_registries: vec![],
+            max_concurrent_downloads: 1,
+        };
+        ImageStore::open(&dir.join("root"), options).unwrap()
+    }
+
+    /// An image record naming `layers`, with no tags and an empty user.
+    fn record_of(id: &str, layers: Vec<LayerRecord>) -> ImageRecord {
+        ImageRecord {
+            id: id.to_string(),
+            repo_tags: vec![],
+            repo_digests: vec![],
+            manifest_digest: id.to_string(),
+            index_digest: None,
+            config_size: 0,
+            layers,
+            size: 0,
+            user: String::new(),
+            updated_ns: 0,
+        }
+    }
+
     /// Stores a layer as a pull would; returns its record.
     fn add_layer(images: &ImageStore, tar: &[u8]) -> LayerRecord {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -210,30 +236,13 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let options = crate::ImageOptions {
-            sandbox_image: String::new(),
-            registry_config_dir: dir.path().join("certs.d"),
-            insecure_registries: vec![],
-            max_concurrent_downloads: 1,
-        };
-        let images = ImageStore::open(&dir.path().join("root"), options).unwrap();
+        let images = test_store(dir.path());
         let bottom = add_layer(&images, &tar_of(&[("etc/a", b"1"), ("etc/b", b"2"), ("dir/x", b"x")]));
         let top = add_layer(&images, &tar_of(&[("etc/.wh.a", b""), ("dir/.wh..wh..opq", b""), ("dir/y", b"y"), ("etc/c", b"3")]));
         let config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"User":"7"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
         let id = sha(config);
         images.inner.store.write_blob(&id, config).unwrap();
-        let record = ImageRecord {
-            id: id.clone(),
-            repo_tags: vec![],
-            repo_digests: vec![],
-            manifest_digest: id.clone(),
-            index_digest: None,
-            config_size: config.len() as u64,
-            layers: vec![bottom.clone(), top.clone()],
-            size: 0,
-            user: "7".into(),
-            updated_ns: 0,
-        };
+        let record = ImageRecord { config_size: config.len() as u64, user: "7".into(), ..record_of(&id, vec![bottom.clone(), top.clone()]) };
         images.inner.store.commit(record, Some("x.io/r:1".into()), "x.io/r@sha256:00".into()).unwrap();
         let info = images.lookup("x.io/r:1").unwrap();
         assert_eq!(info.id, id);
@@ -273,32 +282,14 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let options = crate::ImageOptions {
-            sandbox_image: String::new(),
-            registry_config_dir: dir.path().join("certs.d"),
-            insecure_registries: vec![],
-            max_concurrent_downloads: 1,
-        };
-        let images = ImageStore::open(&dir.path().join("root"), options).unwrap();
+        let images = test_store(dir.path());
         let layers: Vec<LayerRecord> = (0..120)
             .map(|i| add_layer(&images, &tar_of(&[(&format!("layer{i}"), format!("{i}").as_bytes()), ("top", format!("{i}").as_bytes())])))
             .collect();
         let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
         let id = sha(config);
         images.inner.store.write_blob(&id, config).unwrap();
-        let record = ImageRecord {
-            id: id.clone(),
-            repo_tags: vec![],
-            repo_digests: vec![],
-            manifest_digest: id.clone(),
-            index_digest: None,
-            config_size: 0,
-            layers,
-            size: 0,
-            user: String::new(),
-            updated_ns: 0,
-        };
-        images.inner.store.commit(record, None, "x.io/many@sha256:00".into()).unwrap();
+        images.inner.store.commit(record_of(&id, layers), None, "x.io/many@sha256:00".into()).unwrap();
         let container = dir.path().join("containers/many");
         let _guard = Unmount(&images, container.clone());
         let rootfs = images.mount_rootfs(&id, &container).unwrap();

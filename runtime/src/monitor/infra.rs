@@ -103,7 +103,7 @@ impl Infra {
             let _ = nix::sys::wait::waitpid(pid, None);
         }
         if let Some(cgroup) = self.cgroup.take() {
-            remove_cgroup(&cgroup);
+            crate::cgroups::kill_and_remove(&cgroup);
         }
     }
 }
@@ -119,19 +119,6 @@ fn join_cgroup(cgroup: &Path, pid: Pid) -> Result<(), InfraError> {
     manager.add_task(pid).map_err(|e| InfraError::Cgroup { path: cgroup.to_path_buf(), message: e.to_string() })
 }
 
-fn remove_cgroup(cgroup: &Path) {
-    use libcgroups::common::CgroupManager;
-    let result = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
-        cgroup_path: cgroup.to_path_buf(),
-        systemd_cgroup: false,
-        container_name: String::new(),
-    })
-    .map_err(|e| e.to_string())
-    .and_then(|m| m.remove().map_err(|e| e.to_string()));
-    if let Err(e) = result {
-        tracing::warn!(cgroup = %cgroup.display(), error = %e, "cannot remove the infra cgroup");
-    }
-}
 
 /// Clones the infra process into new namespaces and waits until it has set them up.
 fn spawn(config: &MonitorConfig) -> Result<Pid, InfraError> {
