@@ -1,20 +1,33 @@
 //! The CRI v1 gRPC edge: one file per call, each thin (decode, validate, call the runtime,
 //! map errors in `error.rs`).
 
+mod attach;
+mod checkpoint_container;
+mod container_stats;
 mod container_status;
 mod create_container;
 mod error;
+mod exec;
+mod exec_sync;
+mod get_container_events;
 mod image_fs_info;
 mod image_service;
 mod image_status;
+mod list_container_stats;
 mod list_containers;
 mod list_images;
+mod list_metric_descriptors;
 mod list_pod_sandbox;
+mod list_pod_sandbox_metrics;
+mod list_pod_sandbox_stats;
+mod pod_sandbox_stats;
 mod pod_sandbox_status;
+mod port_forward;
 mod pull_image;
 mod remove_container;
 mod remove_image;
 mod remove_pod_sandbox;
+mod reopen_container_log;
 mod run_pod_sandbox;
 mod runtime_config;
 mod runtime_service;
@@ -22,6 +35,8 @@ mod start_container;
 mod status;
 mod stop_container;
 mod stop_pod_sandbox;
+mod update_container_resources;
+mod update_runtime_config;
 mod version;
 
 use std::sync::Arc;

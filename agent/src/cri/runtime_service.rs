@@ -6,11 +6,14 @@ use tonic::{Request, Response, Status};
 use std::pin::Pin;
 use futures::Stream;
 
-use super::{Cri, unimplemented};
+use super::Cri;
+
+/// The stream `GetContainerEvents` answers with.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl cri_proto::RuntimeService for Cri {
-    type GetContainerEventsStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+    type GetContainerEventsStream = EventStream;
 
     async fn version(&self, _request: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
         Ok(Response::new(self.version()))
@@ -60,68 +63,68 @@ impl cri_proto::RuntimeService for Cri {
         self.container_status(request.into_inner()).map(Response::new)
     }
 
-    async fn update_container_resources(&self, _request: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        unimplemented("UpdateContainerResources")
+    async fn update_container_resources(&self, request: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        self.update_container_resources(request.into_inner()).await.map(Response::new)
     }
 
-    async fn reopen_container_log(&self, _request: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        unimplemented("ReopenContainerLog")
+    async fn reopen_container_log(&self, request: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        self.reopen_container_log(request.into_inner()).await.map(Response::new)
     }
 
-    async fn exec_sync(&self, _request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
-        unimplemented("ExecSync")
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        self.exec_sync(request.into_inner()).await.map(Response::new)
     }
 
-    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        unimplemented("Exec")
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        self.exec(request.into_inner()).await.map(Response::new)
     }
 
-    async fn attach(&self, _request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        unimplemented("Attach")
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        self.attach(request.into_inner()).await.map(Response::new)
     }
 
-    async fn port_forward(&self, _request: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+    async fn port_forward(&self, request: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+        self.port_forward(request.into_inner()).await.map(Response::new)
     }
 
-    async fn container_stats(&self, _request: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
-        unimplemented("ContainerStats")
+    async fn container_stats(&self, request: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+        self.container_stats(request.into_inner()).await.map(Response::new)
     }
 
-    async fn list_container_stats(&self, _request: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
-        unimplemented("ListContainerStats")
+    async fn list_container_stats(&self, request: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+        self.list_container_stats(request.into_inner()).await.map(Response::new)
     }
 
-    async fn pod_sandbox_stats(&self, _request: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        unimplemented("PodSandboxStats")
+    async fn pod_sandbox_stats(&self, request: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        self.pod_sandbox_stats(request.into_inner()).await.map(Response::new)
     }
 
-    async fn list_pod_sandbox_stats(&self, _request: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        unimplemented("ListPodSandboxStats")
+    async fn list_pod_sandbox_stats(&self, request: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        self.list_pod_sandbox_stats(request.into_inner()).await.map(Response::new)
     }
 
-    async fn update_runtime_config(&self, _request: Request<UpdateRuntimeConfigRequest>) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        unimplemented("UpdateRuntimeConfig")
+    async fn update_runtime_config(&self, request: Request<UpdateRuntimeConfigRequest>) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        self.update_runtime_config(request.into_inner()).await.map(Response::new)
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(self.status(request.into_inner())))
     }
 
-    async fn checkpoint_container(&self, _request: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
-        unimplemented("CheckpointContainer")
+    async fn checkpoint_container(&self, request: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
+        self.checkpoint_container(request.into_inner()).await.map(Response::new)
     }
 
-    async fn get_container_events(&self, _request: Request<GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        unimplemented("GetContainerEvents")
+    async fn get_container_events(&self, request: Request<GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        self.get_container_events(request.into_inner()).await.map(Response::new)
     }
 
-    async fn list_metric_descriptors(&self, _request: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        unimplemented("ListMetricDescriptors")
+    async fn list_metric_descriptors(&self, request: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        self.list_metric_descriptors(request.into_inner()).await.map(Response::new)
     }
 
-    async fn list_pod_sandbox_metrics(&self, _request: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        unimplemented("ListPodSandboxMetrics")
+    async fn list_pod_sandbox_metrics(&self, request: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        self.list_pod_sandbox_metrics(request.into_inner()).await.map(Response::new)
     }
 
     async fn runtime_config(&self, _request: Request<RuntimeConfigRequest>) -> Result<Response<RuntimeConfigResponse>, Status> {
