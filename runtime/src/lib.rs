@@ -11,6 +11,7 @@ pub mod mounts;
 pub mod options;
 pub mod sandbox;
 pub mod spec;
+pub mod streaming;
 
 use std::path::Path;
 
