@@ -9,7 +9,7 @@ set -euo pipefail
 declare -A PKGS=(
   [runtime]="containernetworking-plugins iptables iproute2 libseccomp2 util-linux mount"
   [build]="protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev"
-  [test]="busybox-static docker-registry skopeo procps psmisc kmod qemu-system-x86 debootstrap cpio jq binutils e2fsprogs"
+  [test]="busybox-static docker-registry skopeo procps psmisc kmod qemu-system-x86 debootstrap cpio jq binutils e2fsprogs dpkg-dev systemd"
 )
 
 if [ "$#" -eq 0 ]; then

@@ -6,6 +6,7 @@ mod config;
 mod cri;
 mod logging;
 mod server;
+mod systemd;
 
 use std::process::ExitCode;
 

@@ -126,12 +126,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .add_service(RuntimeServiceServer::from_arc(cri.clone()))
         .add_service(ImageServiceServer::from_arc(cri))
         .serve_with_incoming_shutdown(cri_proto::unix::incoming(listener), graceful);
+    crate::systemd::ready();
     // A client that never closes its connection (or a stuck stream) must not keep the
     // daemon from stopping: after the grace period it exits anyway.
     let deadline = {
         let mut rx = stop_rx;
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
+            crate::systemd::stopping();
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         }
     };

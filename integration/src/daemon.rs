@@ -19,6 +19,11 @@ pub struct DaemonOptions {
     pub args: Vec<String>,
     /// CNI conf dir; defaults to an empty directory (NetworkReady=false).
     pub cni_conf_dir: Option<PathBuf>,
+    /// The `capstan` binary; defaults to [`capstan_bin`] (an installed package's
+    /// `/usr/bin/capstan` in the packaging tests).
+    pub binary: Option<PathBuf>,
+    /// Extra environment for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `capstan` daemon. Dropping it kills the daemon (SIGTERM, then SIGKILL) and
@@ -85,8 +90,9 @@ impl Daemon {
 
     /// The command line the harness runs (tests that check CLI behaviour reuse it).
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(capstan_bin());
+        let mut cmd = Command::new(self.options.binary.clone().unwrap_or_else(capstan_bin));
         cmd.arg("--config").arg(self.config_path()).args(&self.options.args);
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -104,7 +110,7 @@ impl Daemon {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", capstan_bin().display()));
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", self.command().get_program()));
         self.child = Some(child);
         self.wait_ready().await;
     }
