@@ -71,5 +71,5 @@ for s in postinst prerm postrm; do install -m 0755 "$here/deb/$s" "$root/DEBIAN/
 
 mkdir -p "$out"
 deb=$out/capstan_${version}_${arch}.deb
-dpkg-deb --root-owner-group -Zxz -z3 --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zzstd -z9 --build "$root" "$deb" >/dev/null
 echo "$deb"

@@ -33,7 +33,10 @@ echo "=== VM lane: building binaries and test executables (host)"
 # shellcheck disable=SC2086 # cargo_flags is a list of flags, possibly empty
 cargo build $cargo_flags --workspace --bins
 json=$(mktemp)
-trap 'rm -f "$json"' EXIT
+debs=$(mktemp -d)
+trap 'rm -rf "$json" "$debs"' EXIT
+# The package the guest installs for real (vm_deb.rs), from the binaries just built.
+deb=$(bash "$repo/packaging/build-deb.sh" --bin-dir "$repo/target/debug" --out "$debs")
 # shellcheck disable=SC2086
 cargo test $cargo_flags -p capstan-integration --no-run --message-format=json >"$json"
 
@@ -59,7 +62,7 @@ tests=("$here"/tests/*.sh "${exes[@]}" "$repo/integration/leftovers.sh")
 echo "=== VM lane: running ${#tests[@]} test executables in the guest"
 for t in "${tests[@]}"; do echo "    $t"; done
 set +e
-bash "$here/run.sh" --nfs --timeout "${CAPSTAN_VM_TIMEOUT:-25}" \
+bash "$here/run.sh" --nfs --share "$deb" --timeout "${CAPSTAN_VM_TIMEOUT:-25}" \
   --test-args "${CAPSTAN_VM_TEST_ARGS:-}" -- "${tests[@]}"
 rc=$?
 set -e

@@ -21,6 +21,7 @@
 #   --mem MB, --smp N   guest size (default 2048, all host cores up to 4)
 #   --env NAME=VALUE    set in the tests' environment (repeatable), e.g. RUST_BACKTRACE=1
 #   --keep-debug        share executables with their debug info (file:line in backtraces)
+#   --share FILE        also put FILE (as is) in the guest's /lane/bin (repeatable; e.g. the .deb)
 #
 # Environment: CAPSTAN_VM_CACHE (guest cache dir, see build-guest.sh), CAPSTAN_VM_ACCEL.
 set -euo pipefail
@@ -43,6 +44,7 @@ append_extra=${CAPSTAN_VM_APPEND:-}
 boot_deadline=180
 tests=()
 envs=()
+extra=()
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "capstan-vm: error: $*" >&2; exit 1; }
@@ -52,6 +54,7 @@ while [ "$#" -gt 0 ]; do
     --bin-dir) bin_dir=$2; shift 2 ;;
     --nfs) nfs=1; shift ;;
     --keep-debug) keep_debug=1; shift ;;
+    --share) extra+=("$2"); shift 2 ;;
     --test-args) test_args=$2; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
     --timeout) timeout_min=$2; shift 2 ;;
@@ -131,6 +134,10 @@ put() {
 }
 put "$bin_dir/capstan" "$share/bin/capstan"
 [ -x "$bin_dir/capstan-monitor" ] && put "$bin_dir/capstan-monitor" "$share/bin/capstan-monitor"
+for f in "${extra[@]}"; do
+  [ -f "$f" ] || die "--share $f: no such file"
+  cp -f "$f" "$share/bin/"
+done
 cp "$here/guest/"* "$share/guest/"
 names=()
 i=0
