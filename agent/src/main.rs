@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod cri;
 mod logging;
+mod metrics;
 mod server;
 mod systemd;
 

@@ -28,6 +28,8 @@ pub enum ServerError {
     Runtime(#[from] capstan_runtime::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot serve metrics on {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 /// Holds the socket's lock for the daemon's lifetime and removes the socket on drop.
@@ -103,7 +105,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .await
         .map_err(|e| capstan_runtime::Error::Internal(e.to_string()))??;
     let (listener, owner) = bind(&config.socket)?;
-    let cri = Arc::new(Cri::new(Arc::new(runtime), Arc::new(config.clone())));
+    let runtime = Arc::new(runtime);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let cri = Arc::new(Cri::new(runtime.clone(), Arc::new(config.clone()), metrics.clone()));
     tracing::info!(
         socket = %config.socket.display(),
         root = %config.root.display(),
@@ -122,7 +126,22 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    let metrics_server = match config.metrics.address.parse::<std::net::SocketAddr>() {
+        Ok(address) => {
+            let mut rx = stop_rx.clone();
+            let stop = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            Some(
+                crate::metrics::http::serve(address, metrics.clone(), runtime, stop)
+                    .await
+                    .map_err(|e| ServerError::Metrics(address, e))?,
+            )
+        }
+        Err(_) => None, // empty: off (the config check rejects anything else)
+    };
     let serve = tonic::transport::Server::builder()
+        .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics))
         .add_service(RuntimeServiceServer::from_arc(cri.clone()))
         .add_service(ImageServiceServer::from_arc(cri))
         .serve_with_incoming_shutdown(cri_proto::unix::incoming(listener), graceful);
@@ -143,6 +162,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             grace_secs = SHUTDOWN_GRACE.as_secs(),
             "in-flight calls or open connections outlived the grace period; exiting anyway"
         ),
+    }
+    if let Some(task) = metrics_server {
+        task.abort();
     }
     drop(owner);
     tracing::info!("capstan stopped");

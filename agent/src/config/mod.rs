@@ -33,6 +33,15 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
     pub images: ImagesConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving `/metrics`; empty turns the endpoint off.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +91,7 @@ impl Default for Config {
             cgroup: CgroupConfig::default(),
             cni: CniConfig::default(),
             images: ImagesConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -135,6 +145,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("metrics.address must be host:port (an IP address and a port), got {:?}", self.metrics.address));
+        }
         for (key, path) in [("socket", &self.socket), ("root", &self.root), ("state", &self.state)] {
             if !path.is_absolute() {
                 return Err(format!("{key} must be an absolute path, got {:?}", path.display()));

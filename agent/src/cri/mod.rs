@@ -44,6 +44,7 @@ use std::sync::Arc;
 use capstan_runtime::Runtime;
 
 use crate::config::Config;
+use crate::metrics::SharedMetrics;
 
 #[allow(unused_imports)] // used by the handlers that call the runtime
 pub use error::to_status;
@@ -52,11 +53,12 @@ pub use error::to_status;
 pub struct Cri {
     runtime: Arc<Runtime>,
     config: Arc<Config>,
+    metrics: SharedMetrics,
 }
 
 impl Cri {
-    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>) -> Self {
-        Cri { runtime, config }
+    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>, metrics: SharedMetrics) -> Self {
+        Cri { runtime, config, metrics }
     }
 }
 

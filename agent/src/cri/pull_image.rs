@@ -14,7 +14,14 @@ impl Cri {
         }
         // Like containerd, the image ref returned is the image id (config digest): what
         // kubelet then passes to CreateContainer.
-        let image_ref = self.runtime.images().pull(&image, req.auth.as_ref()).await.map_err(to_status)?;
+        let started = std::time::Instant::now();
+        let pulled = self.runtime.images().pull(&image, req.auth.as_ref()).await;
+        let size = match &pulled {
+            Ok(id) => Some(self.runtime.images().status(id, false).ok().flatten().map_or(0, |(i, _)| i.size)),
+            Err(_) => None,
+        };
+        self.metrics.observe_pull(started.elapsed(), size);
+        let image_ref = pulled.map_err(to_status)?;
         Ok(PullImageResponse { image_ref })
     }
 }

@@ -27,3 +27,15 @@ pub fn report_monitors(store: &SandboxStore) {
         }
     }
 }
+
+impl crate::Runtime {
+    /// Ready pods whose monitor process is gone (the metrics endpoint reports them).
+    pub fn lost_monitors(&self) -> usize {
+        self.sandboxes
+            .all()
+            .iter()
+            .map(|s| s.record())
+            .filter(|r| r.state == SandboxState::Ready && !r.monitor_alive())
+            .count()
+    }
+}
