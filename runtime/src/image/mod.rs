@@ -16,7 +16,7 @@ mod pull;
 pub mod reference;
 mod rootfs;
 mod store;
-mod unpack;
+pub mod unpack;
 
 use std::collections::HashMap;
 use std::path::Path;
