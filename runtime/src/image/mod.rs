@@ -28,7 +28,9 @@ use sha2::{Digest, Sha256};
 
 pub use pull::Credentials;
 pub use reference::ImageRef;
-pub use store::{ImageRecord, LayerRecord};
+pub use store::{ImageRecord, LayerRecord, Usage};
+/// Also measures a container's writable layer (`crate::stats`).
+pub(crate) use unpack::disk_usage;
 
 use crate::{Error, ImageOptions, Result};
 
