@@ -66,11 +66,11 @@ fn resources_path(dir: &Path) -> PathBuf {
     dir.join(RESOURCES_FILE)
 }
 
-/// The kernel refusing a value is the caller's mistake (EINVAL), or the container's state
+/// The kernel refusing a value is the caller's mistake (EINVAL, ERANGE), or the container's state
 /// (EBUSY: a memory limit below what it uses on v1); anything else is ours.
 fn apply_error(cgroup: &Path, message: &str) -> Error {
     let message = format!("cannot update cgroup {}: {message}", cgroup.display());
-    if message.contains("(os error 22)") {
+    if message.contains("(os error 22)") || message.contains("(os error 34)") {
         Error::InvalidArgument(message)
     } else if message.contains("(os error 16)") {
         Error::FailedPrecondition(message)
