@@ -63,7 +63,7 @@ async fn cpu_memory_writable_layer_and_filters() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = env.container_stats(&writer).await;
-    let memory = after.memory.clone().unwrap();
+    let memory = after.memory.unwrap();
     let ws_after = value(&memory.working_set_bytes);
     assert!(ws_after >= ws_before + 40 * MIB, "working set {ws_before} -> {ws_after}");
     assert!(value(&memory.usage_bytes) >= ws_after);

@@ -167,17 +167,23 @@ impl Runtime {
         }
     }
 
-    /// The pod's status as the events carry it; taken before RemovePodSandbox, since kubelet
-    /// needs the removed pod's status in its DELETED event.
-    pub(crate) fn sandbox_snapshot(&self, id: &str) -> Option<v1::PodSandboxStatus> {
+    /// The pod's status as the events carry it.
+    fn pod_status(&self, id: &str) -> Option<v1::PodSandboxStatus> {
         self.pod_sandbox_status(id, false).ok().and_then(|r| r.status)
     }
 
-    /// Reports the removal of a sandbox whose status was taken by [`Self::sandbox_snapshot`].
-    pub(crate) fn sandbox_deleted(&self, id: &str, snapshot: Option<v1::PodSandboxStatus>) {
-        self.stats.forget(&super::stats::pod_key(id), None);
+    /// What the DELETED event of a sandbox needs, taken before RemovePodSandbox: kubelet
+    /// wants the removed pod's status in it.
+    pub(crate) fn sandbox_snapshot(&self, id: &str) -> SandboxSnapshot {
+        let cgroup = self.sandboxes.get(id).map(|s| s.record().cgroups.parent);
+        SandboxSnapshot { status: self.pod_status(id), cgroup }
+    }
+
+    /// Reports the removal of a sandbox whose snapshot was taken before.
+    pub(crate) fn sandbox_deleted(&self, id: &str, snapshot: SandboxSnapshot) {
+        self.stats.forget(&super::stats::pod_key(id), snapshot.cgroup.as_deref());
         for kind in self.events.advance(id, Kind::ContainerDeletedEvent, true) {
-            self.send(id, id, kind, snapshot.clone());
+            self.send(id, id, kind, snapshot.status.clone());
         }
     }
 
@@ -192,7 +198,7 @@ impl Runtime {
             container_id: id.to_string(),
             container_event_type: kind as i32,
             created_at: crate::id::now_nanos(),
-            pod_sandbox_status: pod_status.or_else(|| self.sandbox_snapshot(pod_id)),
+            pod_sandbox_status: pod_status.or_else(|| self.pod_status(pod_id)),
             containers_statuses: containers
                 .iter()
                 .filter_map(|c| self.container_status(&c.record.id, false).ok().and_then(|r| r.status))
@@ -219,6 +225,12 @@ impl Runtime {
             self.status_changed(&c.record.id);
         }
     }
+}
+
+/// A removed sandbox as its DELETED event reports it.
+pub(crate) struct SandboxSnapshot {
+    status: Option<v1::PodSandboxStatus>,
+    cgroup: Option<std::path::PathBuf>,
 }
 
 /// The inotify descriptor, for tokio's readiness.

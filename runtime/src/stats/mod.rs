@@ -83,7 +83,7 @@ impl StatsCache {
             return None;
         };
         let elapsed = sample.timestamp - prev.timestamp;
-        if elapsed < MIN_RATE_INTERVAL_NS && elapsed >= 0 {
+        if (0..MIN_RATE_INTERVAL_NS).contains(&elapsed) {
             return prev.nano_cores;
         }
         // A counter that went back (a new cgroup under the same key) starts over.
