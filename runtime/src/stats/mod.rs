@@ -69,7 +69,11 @@ impl StatsCache {
             return Ok(m.clone());
         }
         let config = CgroupConfig { cgroup_path: cgroup.to_path_buf(), systemd_cgroup: false, container_name: String::new() };
-        let manager = Arc::new(libcgroups::common::create_cgroup_manager(config).map_err(|e| e.to_string())?);
+        // libcgroups logs every controller this host lacks (warn) and its own choice of
+        // version (info) each time: noise in the daemon's log once per container.
+        let quiet = tracing::subscriber::NoSubscriber::default();
+        let created = tracing::subscriber::with_default(quiet, || libcgroups::common::create_cgroup_manager(config));
+        let manager = Arc::new(created.map_err(|e| e.to_string())?);
         lock(&self.inner.managers).insert(cgroup.to_path_buf(), manager.clone());
         Ok(manager)
     }
