@@ -108,3 +108,24 @@ async fn stop_container_is_reported_once_and_pod_removal_deletes_its_containers(
     );
     assert!(tokio::time::timeout(Duration::from_millis(500), events.message()).await.is_err(), "unexpected extra event");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exit_during_a_daemon_restart_is_still_reported() {
+    let mut env = Env::start().await;
+    let pod = env.pod("restarted").await;
+    let c = env.run(&pod, container("later", &env.busybox, &["sh", "-c", "sleep 4; exit 7"])).await;
+    env.daemon.restart().await;
+    env.rt = env.daemon.runtime_client().await;
+    let mut events = env.rt.get_container_events(v1::GetEventsRequest {}).await.unwrap().into_inner();
+    // What happened before the restart is not announced again; the exit after it is.
+    let e = next(&mut events, &env.daemon).await;
+    assert_eq!((e.container_id.as_str(), kind(&e)), (c.as_str(), Kind::ContainerStoppedEvent), "{e:?}");
+    let st = e.containers_statuses.iter().find(|s| s.id == c).unwrap();
+    assert_eq!(st.exit_code, 7);
+    env.remove_pod(&pod.0).await;
+    let rest: Vec<_> = [next(&mut events, &env.daemon).await, next(&mut events, &env.daemon).await, next(&mut events, &env.daemon).await]
+        .iter()
+        .map(|e| (e.container_id.clone(), kind(e)))
+        .collect();
+    assert_eq!(rest, vec![(pod.0.clone(), Kind::ContainerStoppedEvent), (c.clone(), Kind::ContainerDeletedEvent), (pod.0.clone(), Kind::ContainerDeletedEvent)]);
+}
