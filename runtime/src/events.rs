@@ -38,6 +38,8 @@ pub struct Events {
     tx: broadcast::Sender<v1::ContainerEventResponse>,
     /// The last event sent for each live container and sandbox id.
     sent: Mutex<HashMap<String, Kind>>,
+    /// Held from deciding an event to sending it, so threads cannot reorder events.
+    order: Mutex<()>,
     inotify: Option<Arc<Inotify>>,
     watches: Mutex<HashMap<WatchDescriptor, String>>,
     watching: AtomicBool,
@@ -62,6 +64,7 @@ impl Events {
         let events = Events {
             tx: broadcast::channel(CAPACITY).0,
             sent: Mutex::default(),
+            order: Mutex::default(),
             inotify,
             watches: Mutex::default(),
             watching: AtomicBool::new(false),
@@ -149,6 +152,7 @@ impl Runtime {
             lock(&self.events.watches).retain(|_, v| v != id);
         }
         let started = c.as_ref().and_then(|c| c.record.runtime_status()).is_some_and(|s| s.started_at > 0);
+        let _order = lock(&self.events.order);
         for kind in self.events.advance(id, kind, started) {
             self.send(pod_id, id, kind, None);
         }
@@ -160,6 +164,7 @@ impl Runtime {
             Kind::ContainerCreatedEvent => &[Kind::ContainerCreatedEvent, Kind::ContainerStartedEvent],
             _ => &[kind],
         };
+        let _order = lock(&self.events.order);
         for &kind in kinds {
             for kind in self.events.advance(id, kind, true) {
                 self.send(id, id, kind, None);
@@ -182,6 +187,7 @@ impl Runtime {
     /// Reports the removal of a sandbox whose snapshot was taken before.
     pub(crate) fn sandbox_deleted(&self, id: &str, snapshot: SandboxSnapshot) {
         self.stats.forget(&super::stats::pod_key(id), snapshot.cgroup.as_deref());
+        let _order = lock(&self.events.order);
         for kind in self.events.advance(id, Kind::ContainerDeletedEvent, true) {
             self.send(id, id, kind, snapshot.status.clone());
         }
@@ -298,6 +304,7 @@ mod tests {
         Events {
             tx: broadcast::channel(4).0,
             sent: Mutex::default(),
+            order: Mutex::default(),
             inotify: None,
             watches: Mutex::default(),
             watching: AtomicBool::new(false),
