@@ -4,13 +4,16 @@ pub mod atomic;
 pub mod cgroups;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod id;
 pub mod image;
 pub mod monitor;
 pub mod mounts;
 pub mod options;
+pub mod pod_cidr;
 pub mod sandbox;
 pub mod spec;
+pub mod stats;
 pub mod streaming;
 
 use std::path::Path;
@@ -25,6 +28,8 @@ pub struct Runtime {
     pub(crate) sandboxes: sandbox::SandboxStore,
     pub(crate) containers: container::ContainerStore,
     images: image::ImageStore,
+    pub(crate) stats: stats::StatsCache,
+    pub(crate) events: events::Events,
 }
 
 impl Runtime {
@@ -38,7 +43,8 @@ impl Runtime {
         let containers = container::ContainerStore::open(&options.root_dir)?;
         sandbox::report_monitors(&sandboxes);
         let images = image::ImageStore::open(&options.root_dir, options.images.clone())?;
-        Ok(Runtime { options, sandboxes, containers, images })
+        let events = events::Events::new(&containers, &sandboxes);
+        Ok(Runtime { options, sandboxes, containers, images, stats: stats::StatsCache::default(), events })
     }
 
     pub fn options(&self) -> &RuntimeOptions {

@@ -33,6 +33,9 @@ impl Cri {
                 Err(e) => serde_json::json!({ "error": e, "confDir": self.config.cni.conf_dir }),
             };
             info.insert("cni".to_string(), network.to_string());
+            // From UpdateRuntimeConfig; recorded only (pod addresses come from the CNI config).
+            let runtime_config = serde_json::json!({ "podCIDR": self.runtime.pod_cidr().unwrap_or_default() });
+            info.insert("runtimeConfig".to_string(), runtime_config.to_string());
         }
         StatusResponse {
             status: Some(RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),

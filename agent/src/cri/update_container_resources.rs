@@ -3,10 +3,11 @@
 use cri_proto::v1::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
 use tonic::Status;
 
-use super::{Cri, unimplemented};
+use super::{Cri, to_status};
 
 impl Cri {
-    pub(super) async fn update_container_resources(&self, _req: UpdateContainerResourcesRequest) -> Result<UpdateContainerResourcesResponse, Status> {
-        unimplemented("UpdateContainerResources")
+    pub(super) async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> Result<UpdateContainerResourcesResponse, Status> {
+        self.runtime.update_container_resources(&req.container_id, req.linux).await.map_err(to_status)?;
+        Ok(UpdateContainerResourcesResponse {})
     }
 }

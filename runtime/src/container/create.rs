@@ -53,6 +53,7 @@ impl Runtime {
             match self.build_container(&pod, &c, &resolved).await {
                 Ok(()) => {
                     tracing::info!("container created");
+                    self.container_event(&pod.id, &id, v1::ContainerEventType::ContainerCreatedEvent);
                     Ok(id.clone())
                 }
                 Err(e) => {

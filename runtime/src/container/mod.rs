@@ -5,9 +5,11 @@ mod create;
 mod list;
 pub mod prepare;
 mod remove;
+mod reopen_log;
 mod start;
 pub mod status;
 mod stop;
 pub mod store;
+mod update;
 
 pub use store::{Container, ContainerRecord, ContainerStore};

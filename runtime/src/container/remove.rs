@@ -43,6 +43,8 @@ impl Runtime {
             }
         }
         self.unmount_rootfs(&c.record.dir).await?;
-        self.containers.remove(c)
+        self.containers.remove(c)?;
+        self.container_event(&c.record.pod_id, &c.record.id, cri_proto::v1::ContainerEventType::ContainerDeletedEvent);
+        Ok(())
     }
 }

@@ -25,6 +25,7 @@ impl Runtime {
         }
         client::call(&pod.pod_dir, &Request::Start { id: c.record.id.clone() }, client::CALL_TIMEOUT).await?;
         tracing::info!(container_id = %c.record.id, pod_id = %pod.id, "container started");
+        self.container_event(&pod.id, &c.record.id, cri_proto::v1::ContainerEventType::ContainerStartedEvent);
         Ok(())
     }
 }

@@ -84,7 +84,7 @@ impl Runtime {
             annotations: r.config.annotations.clone(),
             mounts: r.config.mounts.clone(),
             log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            resources: None,
+            resources: super::update::status_resources(&c),
             image_id: r.image_id.clone(),
             user: None,
         };

@@ -38,6 +38,7 @@ impl Runtime {
         // The monitor answers once the container has exited: the timeout, then SIGKILL.
         let deadline = Duration::from_millis(timeout_ms) + client::CALL_TIMEOUT;
         client::call(&pod.pod_dir, &request, deadline).await?;
+        self.container_event(&pod.id, &c.record.id, cri_proto::v1::ContainerEventType::ContainerStoppedEvent);
         Ok(())
     }
 }

@@ -29,6 +29,8 @@ use sha2::{Digest, Sha256};
 pub use pull::Credentials;
 pub use reference::ImageRef;
 pub use store::{ImageRecord, LayerRecord};
+/// Also measures a container's writable layer (`crate::stats`).
+pub(crate) use unpack::disk_usage;
 
 use crate::{Error, ImageOptions, Result};
 

@@ -17,7 +17,9 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         let _exclusive = sandbox.lock.write().await;
+        let snapshot = self.sandbox_snapshot(&sandbox.id);
         self.destroy_sandbox(&sandbox, Teardown::Strict).await?;
+        self.sandbox_deleted(&sandbox.id, snapshot);
         tracing::info!(pod_id = %sandbox.id, "pod sandbox removed");
         Ok(())
     }

@@ -33,6 +33,7 @@ impl Runtime {
             match self.create_sandbox(&sandbox).await {
                 Ok(()) => {
                     tracing::info!("pod sandbox ready");
+                    self.sandbox_event(&id, v1::ContainerEventType::ContainerCreatedEvent);
                     Ok(id.clone())
                 }
                 Err(e) => {

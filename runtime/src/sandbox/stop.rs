@@ -44,6 +44,7 @@ impl Runtime {
                 if let Err(e) = client::call(&record.pod_dir, &stop, client::CALL_TIMEOUT).await {
                     tracing::warn!(pod_id = %record.id, container_id = %c.record.id, error = %e, "cannot kill container");
                 }
+                self.status_changed(&c.record.id);
             }
         }
         match self.teardown_pod_network(sandbox).await {
@@ -57,6 +58,7 @@ impl Runtime {
         if record.state != SandboxState::NotReady {
             sandbox.update(&self.sandboxes, |r| r.state = SandboxState::NotReady)?;
             tracing::info!(pod_id = %record.id, "pod sandbox stopped");
+            self.sandbox_event(&record.id, cri_proto::v1::ContainerEventType::ContainerStoppedEvent);
         }
         Ok(())
     }

@@ -1,0 +1,206 @@
+//! Shared by the stats, events and vm_stats tests: a registry with busybox, a daemon that
+//! pulled it, pods removed on drop, and an optional CNI bridge network of the test's own.
+//! (pods.rs keeps its own copy of the pod helpers; these are the few the three need.)
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use capstan_integration::daemon::{Daemon, DaemonOptions};
+use capstan_integration::image::ImageBuilder;
+use capstan_integration::registry::Registry;
+use cri_proto::RuntimeServiceClient;
+use cri_proto::v1;
+use tonic::transport::Channel;
+
+pub type Rt = RuntimeServiceClient<Channel>;
+
+/// Removes the listed pods when dropped, even after a panic.
+pub struct Cleanup {
+    socket: PathBuf,
+    pub pods: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let socket = self.socket.clone();
+        let pods = std::mem::take(&mut self.pods);
+        if pods.is_empty() {
+            return;
+        }
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(channel) = cri_proto::unix::connect(&socket).await else { return };
+                let mut client = RuntimeServiceClient::new(channel);
+                for pod in pods {
+                    let _ = client.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A CNI bridge (plus host-local IPAM in the daemon's scratch dir) of the test's own; the
+/// bridge is deleted on drop. No masquerading and no portmap: it adds no iptables rules.
+pub struct BridgeNet {
+    pub bridge: String,
+    pub subnet_prefix: String,
+}
+
+impl BridgeNet {
+    pub fn new(daemon: &Daemon) -> BridgeNet {
+        let r = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() ^ std::process::id();
+        let bridge = format!("cstat{:08x}", r);
+        let routes = String::from_utf8_lossy(&std::process::Command::new("ip").args(["-4", "route", "show"]).output().unwrap().stdout).into_owned();
+        let mut third = (r >> 8) as u8;
+        while routes.contains(&format!("10.245.{third}.")) {
+            third = third.wrapping_add(1);
+        }
+        let list = serde_json::json!({"cniVersion": "1.0.0", "name": "statsnet", "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.245.{third}.0/24")}]],
+                      "dataDir": daemon.scratch().join("ipam")}}
+        ]});
+        std::fs::write(daemon.cni_conf_dir().join("10-statsnet.conflist"), list.to_string()).unwrap();
+        BridgeNet { bridge, subnet_prefix: format!("10.245.{third}.") }
+    }
+}
+
+impl Drop for BridgeNet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
+    }
+}
+
+/// A registry with busybox, a daemon that pulled it, a client and cleanup.
+pub struct Env {
+    // Drop order: pods go while the daemon still runs.
+    pub cleanup: Cleanup,
+    pub rt: Rt,
+    pub daemon: Daemon,
+    _registry: Registry,
+    pub busybox: String,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let registry = Registry::start().await;
+        let busybox = ImageBuilder::busybox().push(&registry, "stats/busybox", &["1"]).await.references[0].clone();
+        let daemon = Daemon::start(DaemonOptions::default()).await;
+        let mut img = daemon.image_client().await;
+        let spec = v1::ImageSpec { image: busybox.clone(), ..Default::default() };
+        img.pull_image(v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None })
+            .await
+            .unwrap_or_else(|e| panic!("pull {busybox}: {e}"));
+        let rt = daemon.runtime_client().await;
+        let cleanup = Cleanup { socket: daemon.socket(), pods: Vec::new() };
+        Env { cleanup, rt, daemon, _registry: registry, busybox }
+    }
+
+    pub fn sandbox_config(&self, name: &str) -> v1::PodSandboxConfig {
+        v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "stats".into(), attempt: 0 }),
+            hostname: name.into(),
+            log_directory: self.daemon.scratch().join("logs").join(name).display().to_string(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    pub async fn pod(&mut self, name: &str) -> (String, v1::PodSandboxConfig) {
+        let config = self.sandbox_config(name);
+        let id = self
+            .rt
+            .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.daemon.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        self.cleanup.pods.push(id.clone());
+        (id, config)
+    }
+
+    pub async fn create(&mut self, pod: &(String, v1::PodSandboxConfig), config: v1::ContainerConfig) -> String {
+        let request = v1::CreateContainerRequest { pod_sandbox_id: pod.0.clone(), config: Some(config), sandbox_config: Some(pod.1.clone()) };
+        match self.rt.create_container(request).await {
+            Ok(r) => r.into_inner().container_id,
+            Err(e) => panic!("CreateContainer: {e}\n{}", self.daemon.log()),
+        }
+    }
+
+    pub async fn run(&mut self, pod: &(String, v1::PodSandboxConfig), config: v1::ContainerConfig) -> String {
+        let id = self.create(pod, config).await;
+        self.rt
+            .start_container(v1::StartContainerRequest { container_id: id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", self.daemon.log()));
+        id
+    }
+
+    pub async fn status(&mut self, id: &str) -> v1::ContainerStatus {
+        self.rt
+            .container_status(v1::ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    pub async fn wait_exited(&mut self, id: &str) -> v1::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(id).await;
+            if s.state == v1::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container {id} did not exit: {s:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn container_stats(&mut self, id: &str) -> v1::ContainerStats {
+        self.rt
+            .container_stats(v1::ContainerStatsRequest { container_id: id.into() })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", self.daemon.log()))
+            .into_inner()
+            .stats
+            .expect("stats")
+    }
+
+    pub async fn remove_pod(&mut self, id: &str) {
+        self.rt.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+        self.rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+        self.cleanup.pods.retain(|p| p != id);
+    }
+}
+
+pub fn container(name: &str, image: &str, command: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(v1::ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: [("container".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+pub fn with_resources(mut c: v1::ContainerConfig, r: v1::LinuxContainerResources) -> v1::ContainerConfig {
+    c.linux.get_or_insert_with(Default::default).resources = Some(r);
+    c
+}
+
+/// A container's cgroup file: `<mount>/capstan/<pod>/<container>/<file>` (v1 passes the
+/// controller's directory as `mount`, v2 `/sys/fs/cgroup`).
+pub fn cgroup_file(mount: &str, pod: &str, container: &str, file: &str) -> String {
+    let path = Path::new(mount).join("capstan").join(pod).join(container).join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+}
+
+pub fn value(v: &Option<v1::UInt64Value>) -> u64 {
+    v.as_ref().map_or(0, |v| v.value)
+}
