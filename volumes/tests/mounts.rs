@@ -89,6 +89,26 @@ impl Drop for Unmount {
     }
 }
 
+/// The pod's volumes, all torn down (forced) on drop, even when the test failed half-way.
+struct Pod(PodVolumes);
+
+impl std::ops::Deref for Pod {
+    type Target = PodVolumes;
+    fn deref(&self) -> &PodVolumes {
+        &self.0
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.0.teardown_all(true);
+    }
+}
+
+fn pod_volumes(pods_dir: &Path, uid: &str) -> Pod {
+    Pod(PodVolumes::new(pods_dir, uid).unwrap())
+}
+
 fn empty_dir(name: &str, e: EmptyDir) -> Volume {
     Volume::new(name, VolumeSource::EmptyDir(e))
 }
@@ -99,7 +119,7 @@ fn empty_dir_on_disk_is_a_0777_directory_whose_usage_is_measured() {
         return;
     }
     let (_t, dir) = scratch();
-    let pod = PodVolumes::new(&dir, "pod-disk").unwrap();
+    let pod = pod_volumes(&dir, "pod-disk");
     let v = empty_dir("cache", EmptyDir { size_limit: Some(64 << 10), ..EmptyDir::disk() });
     let path = pod.setup(&v).unwrap();
     assert_eq!(path, dir.join("pod-disk/volumes/kubernetes.io~empty-dir/cache"));
@@ -129,7 +149,7 @@ fn memory_empty_dir_is_a_tmpfs_of_size_limit_and_refuses_more() {
         return;
     }
     let (_t, dir) = scratch();
-    let pod = PodVolumes::new(&dir, "pod-mem").unwrap();
+    let pod = pod_volumes(&dir, "pod-mem");
     let v = empty_dir("scratch", EmptyDir::memory(Some(1 << 20)));
     let path = pod.setup(&v).unwrap();
     let lines = mounts_at(&path);
@@ -166,7 +186,7 @@ fn teardown_refuses_to_delete_into_a_mount_inside_the_volume() {
         return;
     }
     let (_t, dir) = scratch();
-    let pod = PodVolumes::new(&dir, "pod-busy").unwrap();
+    let pod = pod_volumes(&dir, "pod-busy");
     let v = empty_dir("data", EmptyDir::disk());
     let path = pod.setup(&v).unwrap();
     // Something (a container's bidirectional mount, say) mounted inside the volume.
@@ -254,7 +274,7 @@ fn host_path_types_are_checked_as_kubernetes_defines_them() {
     wrong(&lo.dev, HostPathType::CharDevice, FileKind::BlockDevice);
 
     // Through PodVolumes: the path itself, nothing under the pod directory.
-    let pod = PodVolumes::new(&dir.join("pods"), "pod-host").unwrap();
+    let pod = pod_volumes(&dir.join("pods"), "pod-host");
     let v = Volume::new("h", VolumeSource::HostPath(HostPath::new(&made, HostPathType::Directory)));
     assert_eq!(pod.setup(&v).unwrap(), made);
     assert!(!pod.dir().exists());
@@ -271,7 +291,7 @@ fn local_directory_is_bind_mounted_and_read_only_means_erofs() {
     let node = dir.join("node-disk");
     std::fs::create_dir(&node).unwrap();
     std::fs::write(node.join("existing"), "from the node").unwrap();
-    let pod = PodVolumes::new(&dir.join("pods"), "pod-local").unwrap();
+    let pod = pod_volumes(&dir.join("pods"), "pod-local");
 
     let rw = Volume::new("rw", VolumeSource::Local(Local::new(&node, false)));
     let path = pod.setup(&rw).unwrap();
@@ -316,7 +336,7 @@ fn local_pv_on_a_loop_ext4_device() {
     }
     let (_t, dir) = scratch();
     let lo = Loop::new(&dir.join("pv.img"), 32, true);
-    let pod = PodVolumes::new(&dir.join("pods"), "pod-pv").unwrap();
+    let pod = pod_volumes(&dir.join("pods"), "pod-pv");
 
     // The device itself as the local path: its ext4 is mounted in the pod's directory.
     let dev = Local { fs_type: Some("ext4".into()), ..Local::new(&lo.dev, false) };
@@ -329,7 +349,7 @@ fn local_pv_on_a_loop_ext4_device() {
     assert_eq!(mounts_at(&path).len(), 1);
 
     // A second pod reading it read-only: EROFS there, the data visible.
-    let reader = PodVolumes::new(&dir.join("pods"), "pod-pv-ro").unwrap();
+    let reader = pod_volumes(&dir.join("pods"), "pod-pv-ro");
     let ro = Volume::new("pv", VolumeSource::Local(Local::new(&lo.dev, true)));
     let ro_path = reader.setup(&ro).unwrap();
     assert_eq!(std::fs::read_to_string(ro_path.join("data")).unwrap(), "on ext4");
@@ -370,7 +390,7 @@ fn nfs_setup_failure_leaves_nothing_behind() {
     // The host kernel has no NFS client: whichever way it fails (no mount.nfs, or the
     // mount refused), setup reports it and cleans up. The VM lane tests real NFS.
     let (_t, dir) = scratch();
-    let pod = PodVolumes::new(&dir, "pod-nfs").unwrap();
+    let pod = pod_volumes(&dir, "pod-nfs");
     let v = Volume::new("share", VolumeSource::Nfs(Nfs::new("127.0.0.1", "/export", false)));
     if std::env::var_os("CAPSTAN_VM").is_some() {
         eprintln!("skipped: the guest kernel has NFS (vm_volumes tests it)");
