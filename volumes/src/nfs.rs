@@ -13,9 +13,15 @@
 //! deleted and the server is gone) uses `MNT_FORCE` and, failing that, a lazy `MNT_DETACH`.
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 use crate::{Error, Result, mount};
 
@@ -123,6 +129,9 @@ impl Nfs {
             cmd.arg("-o").arg(opts.join(","));
         }
         cmd.arg(&remote).arg(target).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Its own process group: `mount` runs mount.nfs as a child, and a deadline must
+        // end both (killing `mount` alone leaves mount.nfs waiting on the server).
+        cmd.process_group(0);
         tracing::info!(remote, target = %target.display(), options = opts.join(","), "mounting NFS");
         let child = cmd.spawn().map_err(Error::io("cannot run mount for", target))?;
         let target = target.to_path_buf();
@@ -139,8 +148,8 @@ impl Nfs {
     }
 }
 
-/// Waits for `child` until `timeout`; kills it then. `Ok` with its status and output, or
-/// `Err` with whatever it printed before it was killed.
+/// Waits for `child` until `timeout`; kills its process group then. `Ok` with its status
+/// and output, or `Err` with whatever it printed before it was killed.
 fn wait_deadline(mut child: Child, timeout: Duration) -> Result<(std::process::ExitStatus, String), String> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -150,7 +159,7 @@ fn wait_deadline(mut child: Child, timeout: Duration) -> Result<(std::process::E
             _ => break,
         }
     }
-    let _ = child.kill();
+    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
     // A mount(2) waiting on RPCs is killable; should it not die quickly, a thread reaps it
     // later rather than blocking the caller past its deadline.
     let grace = Instant::now() + Duration::from_secs(5);
@@ -160,21 +169,30 @@ fn wait_deadline(mut child: Child, timeout: Duration) -> Result<(std::process::E
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let text = output(&mut child);
     std::thread::spawn(move || child.wait());
-    Err(String::new())
+    Err(text)
 }
 
-/// What the (exited) child wrote, stdout then stderr, trimmed.
+/// What the child wrote so far, stdout then stderr, trimmed. Reads without blocking: a
+/// helper still alive (stuck in the kernel) may hold the pipes open.
 fn output(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(out) = child.stdout.as_mut() {
-        let _ = out.read_to_string(&mut text);
+    let mut bytes = Vec::new();
+    for fd in [child.stdout.as_mut().map(|o| o as &mut dyn ReadFd), child.stderr.as_mut().map(|e| e as &mut dyn ReadFd)]
+        .into_iter()
+        .flatten()
+    {
+        let nonblocking = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        if nonblocking.is_ok() {
+            let _ = fd.read_to_end(&mut bytes);
+        }
     }
-    if let Some(err) = child.stderr.as_mut() {
-        let _ = err.read_to_string(&mut text);
-    }
-    text.trim().to_string()
+    String::from_utf8_lossy(&bytes).trim().to_string()
 }
+
+/// A readable pipe end whose descriptor we can switch to non-blocking.
+trait ReadFd: Read + AsRawFd {}
+impl<T: Read + AsRawFd> ReadFd for T {}
 
 /// Unmounts the export at `target` and removes the (then empty) directory. A missing target
 /// is success. See the module docs for `force`.
@@ -199,6 +217,26 @@ mod tests {
         assert_eq!(nfs.options(&defaults), vec!["nfsvers=3", "hard", "ro"]);
         nfs.read_only = false;
         assert_eq!(nfs.options(&NfsDefaults::default()), vec!["nfsvers=3", "hard"]);
+    }
+
+    #[test]
+    fn the_deadline_kills_the_whole_process_group() {
+        // Like `mount` running mount.nfs: the grandchild must die with the child.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 30 & echo $!; wait"]).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        let t = Instant::now();
+        let printed = wait_deadline(cmd.spawn().unwrap(), Duration::from_millis(300)).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let grandchild = Pid::from_raw(printed.parse().unwrap());
+        let gone = Instant::now() + Duration::from_secs(5);
+        while nix::sys::signal::kill(grandchild, None).is_ok() && !zombie(grandchild) {
+            assert!(Instant::now() < gone, "sleep {grandchild} outlived the deadline");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn zombie(pid: Pid) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
     }
 
     #[test]
