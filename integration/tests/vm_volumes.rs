@@ -300,3 +300,88 @@ async fn a_container_uses_an_nfs_volume_through_the_daemon() {
     volumes.0.teardown_all(false).unwrap();
     assert!(mounts_under(pods_dir.path()).is_empty());
 }
+
+/// A TCP proxy on 127.0.0.1 to the guest's nfsd: stopping it makes the server look dead to
+/// the mounts made through it, and to no one else.
+struct Proxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(server: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind((server, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, c, upstream) = (stop.clone(), conns.clone(), format!("{server}:2049"));
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(nfsd) = std::net::TcpStream::connect(&upstream) else { continue };
+                let mut held = c.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(nfsd.try_clone().unwrap());
+                for (mut from, mut to) in [(client.try_clone().unwrap(), nfsd.try_clone().unwrap()), (nfsd, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, stop, conns }
+    }
+
+    /// Closes every connection and stops accepting: the "server" is gone.
+    fn kill(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn forced_teardown_of_an_nfs_volume_whose_server_died() {
+    let Some((server, export)) = nfs_server() else { return };
+    let pods_dir = tempfile::Builder::new().prefix("capstan-vmvol-").tempdir().unwrap();
+    let volumes = Volumes(PodVolumes::new(pods_dir.path(), "uid-died").unwrap().with_nfs_defaults(defaults(Duration::from_secs(120))));
+    let proxy = Proxy::start(&server);
+    let mut nfs = Nfs::new(&server, export.display().to_string(), false);
+    nfs.mount_options = vec![format!("port={}", proxy.port), "vers=4.2".into()];
+    let v = Volume::new("dying", VolumeSource::Nfs(nfs));
+    let path = volumes.0.setup(&v).unwrap();
+    let name = format!("before-death-{}", std::process::id());
+    let _file = ExportFile(export.join(&name));
+    std::fs::write(path.join(&name), "x").unwrap();
+    assert!(export.join(&name).exists());
+
+    proxy.kill();
+    // In a thread: should the kernel block the unmount after all, the test fails instead
+    // of hanging the lane.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (volumes2, v2) = (volumes.0.clone(), v.clone());
+    let t = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(volumes2.teardown(&v2, true));
+    });
+    let result = rx.recv_timeout(Duration::from_secs(90)).expect("forced teardown did not return within 90 s");
+    eprintln!("forced teardown with the server gone: {result:?} after {:?}", t.elapsed());
+    result.unwrap();
+    assert!(mountinfo_at(&path).is_empty() && !path.exists());
+    volumes.0.teardown_all(false).unwrap();
+}

@@ -4,7 +4,7 @@
 //!   is not enforced by the filesystem: as in kubelet, usage is measured ([`usage`],
 //!   [`EmptyDir::over_limit`]) and evicting a pod over its limit is the caller's job (the
 //!   agent's eviction manager), not this crate's.
-//! - `medium: Memory`: a tmpfs mounted on that directory, mode 0777, with `size=` set to
+//! - `medium: Memory`: a tmpfs (`nosuid,nodev`) mounted on that directory, mode 0777, with `size=` set to
 //!   `sizeLimit`, so writing past it fails with `ENOSPC`. Without a limit tmpfs takes its own
 //!   default (half the node's memory); kubelet would cap it at the pod's memory limit, which
 //!   the caller knows and passes as `size_limit`. Pages in it count against the memory of
@@ -34,10 +34,12 @@ pub enum Medium {
 
 /// An `emptyDir` volume source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EmptyDir {
     #[serde(default)]
     pub medium: Medium,
-    /// `sizeLimit` in bytes: the tmpfs size for `Memory`, the eviction threshold for `Disk`.
+    /// `sizeLimit` in bytes (the caller parses the quantity): the tmpfs size for `Memory`,
+    /// the eviction threshold for `Disk`.
     #[serde(default)]
     pub size_limit: Option<u64>,
 }

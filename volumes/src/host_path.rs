@@ -125,6 +125,7 @@ impl fmt::Display for FileKind {
 
 /// A `hostPath` volume source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HostPath {
     pub path: PathBuf,
     #[serde(default, rename = "type")]

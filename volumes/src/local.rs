@@ -25,6 +25,7 @@ pub enum VolumeMode {
 
 /// A `local` volume source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Local {
     pub path: PathBuf,
     #[serde(default)]

@@ -71,25 +71,24 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
 
 /// Unmounts everything stacked on `target`. Without `force` a busy mount is an error, so
 /// the caller (kubelet-style retry loop) tries again once the users are gone. With `force`
-/// (the pod is being deleted and its NFS server is dead), `MNT_FORCE` aborts the RPCs in
-/// flight and a mount still busy after that is detached lazily (`MNT_DETACH`).
+/// (the pod is being deleted and its NFS server is dead), `MNT_FORCE` first aborts the
+/// RPCs in flight, and a mount still busy after that is detached lazily (`MNT_DETACH`):
+/// the only case where an unmount is lazy.
 pub fn unmount(target: &Path, force: bool) -> Result<()> {
     // Bounded: each round removes one mount of the stack.
     for _ in 0..16 {
         if !is_mount_point(target)? {
             return Ok(());
         }
-        match nix::mount::umount2(target, MntFlags::empty()) {
+        let flags = if force { MntFlags::MNT_FORCE } else { MntFlags::empty() };
+        match nix::mount::umount2(target, flags) {
             Ok(()) => continue,
             Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
             Err(errno) if !force => return Err(Error::Unmount { target: target.into(), errno }),
             Err(errno) => {
-                tracing::warn!(target = %target.display(), %errno, "unmount failed; forcing it");
-                if nix::mount::umount2(target, MntFlags::MNT_FORCE).is_err() {
-                    tracing::warn!(target = %target.display(), "forced unmount failed; detaching it lazily");
-                    nix::mount::umount2(target, MntFlags::MNT_DETACH)
-                        .map_err(|errno| Error::Unmount { target: target.into(), errno })?;
-                }
+                tracing::warn!(target = %target.display(), %errno, "forced unmount failed; detaching it lazily");
+                nix::mount::umount2(target, MntFlags::MNT_DETACH)
+                    .map_err(|errno| Error::Unmount { target: target.into(), errno })?;
             }
         }
     }

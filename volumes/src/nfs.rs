@@ -27,6 +27,7 @@ use crate::{Error, Result, mount};
 
 /// An `nfs` volume source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Nfs {
     /// Host name or IP address of the server.
     pub server: String,

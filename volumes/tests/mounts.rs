@@ -321,7 +321,15 @@ fn local_directory_is_bind_mounted_and_read_only_means_erofs() {
         assert!(!pod.dir().join("kubernetes.io~local-volume").join(name).exists(), "{name} left a directory");
     }
 
-    pod.teardown(&rw, false).unwrap();
+    // A busy mount (a file open in it): a plain teardown refuses and keeps it mounted,
+    // a forced one detaches it lazily.
+    let held = std::fs::File::open(path.join("existing")).unwrap();
+    let err = pod.teardown(&rw, false).unwrap_err();
+    assert_eq!(err.errno(), Some(nix::Error::EBUSY), "{err}");
+    assert_eq!(mounts_at(&path).len(), 1);
+    pod.teardown(&rw, true).unwrap();
+    assert!(mounts_at(&path).is_empty() && !path.exists());
+    drop(held);
     pod.teardown(&rw, false).unwrap();
     pod.teardown_all(false).unwrap();
     assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
@@ -387,17 +395,21 @@ fn nfs_setup_failure_leaves_nothing_behind() {
     if !root() {
         return;
     }
-    // The host kernel has no NFS client: whichever way it fails (no mount.nfs, or the
-    // mount refused), setup reports it and cleans up. The VM lane tests real NFS.
+    // The host kernel has no NFS client and nothing serves 127.0.0.1:/export: whichever
+    // way it fails (no mount.nfs, the mount refused, no answer in time), setup reports it
+    // and cleans up. The VM lane tests real NFS.
     let (_t, dir) = scratch();
-    let pod = pod_volumes(&dir, "pod-nfs");
+    let pod = Pod(PodVolumes::new(&dir, "pod-nfs").unwrap().with_nfs_defaults(capstan_volumes::NfsDefaults {
+        version: None,
+        mount_timeout: std::time::Duration::from_secs(5),
+    }));
     let v = Volume::new("share", VolumeSource::Nfs(Nfs::new("127.0.0.1", "/export", false)));
     if std::env::var_os("CAPSTAN_VM").is_some() {
         eprintln!("skipped: the guest kernel has NFS (vm_volumes tests it)");
         return;
     }
     let err = pod.setup(&v).unwrap_err();
-    assert!(matches!(err, Error::MissingHelper { .. } | Error::MountCommand { .. }), "{err}");
+    assert!(matches!(err, Error::MissingHelper { .. } | Error::MountCommand { .. } | Error::Timeout { .. }), "{err}");
     eprintln!("nfs on the host: {err}");
     assert!(!pod.path(&v).unwrap().exists());
     assert!(mounts_under(&dir).is_empty());
