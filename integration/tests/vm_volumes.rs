@@ -31,6 +31,19 @@ fn nfs_server() -> Option<(String, PathBuf)> {
     }
 }
 
+/// The NFS tests one at a time: a dead server's test must not slow the others' mounts.
+static NFS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn nfs_lock() -> std::sync::MutexGuard<'static, ()> {
+    NFS_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Another loopback address for the "dead server" tests: the kernel keeps one NFS client
+/// per server address, so a server that dies at 127.0.0.2 leaves 127.0.0.1's mounts alone.
+fn other_loopback(server: &str) -> String {
+    if server == "127.0.0.1" { "127.0.0.2".into() } else { server.into() }
+}
+
 /// Setup of an NFS mount under TCG emulation can take a few seconds; a dead server's
 /// deadline is kept short so its test stays quick.
 fn defaults(timeout: Duration) -> NfsDefaults {
@@ -168,6 +181,7 @@ fn cri_mount(host: &Path, container: &str) -> v1::Mount {
 #[test]
 fn nfs_volume_writes_reach_the_export_and_read_only_refuses() {
     let Some((server, export)) = nfs_server() else { return };
+    let _serial = nfs_lock();
     let pods_dir = tempfile::Builder::new().prefix("capstan-vmvol-").tempdir().unwrap();
     let volumes = Volumes(PodVolumes::new(pods_dir.path(), "uid-nfs").unwrap().with_nfs_defaults(defaults(Duration::from_secs(120))));
     let export_str = export.display().to_string();
@@ -205,6 +219,8 @@ fn nfs_volume_writes_reach_the_export_and_read_only_refuses() {
 #[test]
 fn an_unreachable_nfs_server_fails_setup_in_bounded_time() {
     let Some((server, export)) = nfs_server() else { return };
+    let _serial = nfs_lock();
+    let server = other_loopback(&server);
     let pods_dir = tempfile::Builder::new().prefix("capstan-vmvol-").tempdir().unwrap();
     let deadline = Duration::from_secs(8);
     let volumes = Volumes(PodVolumes::new(pods_dir.path(), "uid-dead").unwrap().with_nfs_defaults(defaults(deadline)));
@@ -271,9 +287,12 @@ impl Drop for Loop {
     }
 }
 
+// The lock orders this test against the other (plain) test threads, not async tasks.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_uses_an_nfs_volume_through_the_daemon() {
     let Some((server, export)) = nfs_server() else { return };
+    let _serial = nfs_lock();
     let pods_dir = tempfile::Builder::new().prefix("capstan-vmvol-").tempdir().unwrap();
     let mut env = PodEnv::start("nfs-pod").await;
     let volumes = Volumes(PodVolumes::new(pods_dir.path(), "uid-nfs-pod").unwrap().with_nfs_defaults(defaults(Duration::from_secs(120))));
@@ -301,7 +320,7 @@ async fn a_container_uses_an_nfs_volume_through_the_daemon() {
     assert!(mounts_under(pods_dir.path()).is_empty());
 }
 
-/// A TCP proxy on 127.0.0.1 to the guest's nfsd: stopping it makes the server look dead to
+/// A TCP proxy on a loopback address to the guest's nfsd: stopping it makes the server look dead to
 /// the mounts made through it, and to no one else.
 struct Proxy {
     port: u16,
@@ -317,7 +336,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, c, upstream) = (stop.clone(), conns.clone(), format!("{server}:2049"));
+        // nfsd exports to 127.0.0.1 only, which is where the proxy connects from.
+        let (s, c, upstream) = (stop.clone(), conns.clone(), "127.0.0.1:2049".to_string());
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
@@ -358,8 +378,10 @@ impl Drop for Proxy {
 #[test]
 fn forced_teardown_of_an_nfs_volume_whose_server_died() {
     let Some((server, export)) = nfs_server() else { return };
+    let _serial = nfs_lock();
     let pods_dir = tempfile::Builder::new().prefix("capstan-vmvol-").tempdir().unwrap();
     let volumes = Volumes(PodVolumes::new(pods_dir.path(), "uid-died").unwrap().with_nfs_defaults(defaults(Duration::from_secs(120))));
+    let server = other_loopback(&server);
     let proxy = Proxy::start(&server);
     let mut nfs = Nfs::new(&server, export.display().to_string(), false);
     nfs.mount_options = vec![format!("port={}", proxy.port), "vers=4.2".into()];

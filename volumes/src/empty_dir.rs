@@ -70,10 +70,10 @@ impl EmptyDir {
             // tmpfs reads size=0 as "no limit": the opposite of what was asked.
             return Err(Error::InvalidArgument("emptyDir sizeLimit 0 with medium Memory".into()));
         }
-        let created = mount::create_dir(dir, MODE)?;
         if mount::is_mount_point(dir)? {
             return Ok(());
         }
+        let created = mount::create_dir(dir, MODE)?;
         let mut data = format!("mode={MODE:o}");
         if let Some(size) = self.size_limit {
             data.push_str(&format!(",size={size}"));
@@ -100,10 +100,10 @@ impl EmptyDir {
 /// Unmounts the tmpfs if there is one, then deletes the directory and its contents. A
 /// missing directory is success; something else still mounted inside it is [`Error::Busy`].
 pub fn teardown(dir: &Path) -> Result<()> {
+    mount::unmount(dir, false)?;
     if !dir.exists() {
         return Ok(());
     }
-    mount::unmount(dir, false)?;
     mount::ensure_nothing_below(dir)?;
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),

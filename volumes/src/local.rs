@@ -61,10 +61,11 @@ impl Local {
                 ))),
             };
         }
-        let created = mount::create_dir(target, 0o750)?;
+        // mountinfo before any stat of the target (see `teardown`).
         if mount::is_mount_point(target)? {
             return Ok(());
         }
+        let created = mount::create_dir(target, 0o750)?;
         let result = if kind == FileKind::Directory {
             mount::bind(&self.path, target, self.read_only)
         } else {
@@ -106,9 +107,8 @@ impl Local {
 /// node's path is untouched. A missing target is success; a busy mount is an error unless
 /// `force` (see [`crate::nfs`] for what forcing does).
 pub fn teardown(target: &Path, force: bool) -> Result<()> {
-    if !target.exists() && !mount::is_mount_point(target)? {
-        return Ok(());
-    }
+    // mountinfo first, never a stat: stat(2) on the root of a hard NFS mount whose server
+    // is dead blocks until the server comes back.
     mount::unmount(target, force)?;
     mount::remove_mount_dir(target)
 }

@@ -106,10 +106,11 @@ impl Nfs {
         if !HELPERS.iter().any(|h| Path::new(h).exists()) {
             return Err(Error::MissingHelper { helper: "mount.nfs", package: "nfs-common" });
         }
-        let created = mount::create_dir(target, 0o750)?;
+        // mountinfo before any stat of the target (see `teardown`).
         if mount::is_mount_point(target)? {
             return Ok(());
         }
+        let created = mount::create_dir(target, 0o750)?;
         let result = self.run_mount(target, defaults);
         if result.is_err() {
             // The kill may have come after the kernel finished the mount.
@@ -198,9 +199,8 @@ impl<T: Read + AsRawFd> ReadFd for T {}
 /// Unmounts the export at `target` and removes the (then empty) directory. A missing target
 /// is success. See the module docs for `force`.
 pub fn teardown(target: &Path, force: bool) -> Result<()> {
-    if !target.exists() && !mount::is_mount_point(target)? {
-        return Ok(());
-    }
+    // mountinfo first, never a stat: stat(2) on the root of a hard NFS mount whose server
+    // is dead blocks until the server comes back.
     mount::unmount(target, force)?;
     mount::remove_mount_dir(target)
 }
