@@ -3,6 +3,8 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
@@ -69,12 +71,48 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     Ok(())
 }
 
+/// How long a forced unmount waits for the mount to leave the mount table.
+const FORCED_UNMOUNT_WAIT: Duration = Duration::from_secs(30);
+
 /// Unmounts everything stacked on `target`. Without `force` a busy mount is an error, so
-/// the caller (kubelet-style retry loop) tries again once the users are gone. With `force`
-/// (the pod is being deleted and its NFS server is dead), `MNT_FORCE` first aborts the
-/// RPCs in flight, and a mount still busy after that is detached lazily (`MNT_DETACH`):
-/// the only case where an unmount is lazy.
+/// the caller (kubelet-style retry loop) tries again once the users are gone.
+///
+/// With `force` (the pod is being deleted and its NFS server is dead) `MNT_FORCE` first
+/// aborts the RPCs in flight, and a mount still busy after that is detached lazily
+/// (`MNT_DETACH`): the only case where an unmount is lazy. The kernel then destroys the
+/// dead server's client state in the unmounting thread, retrying its RPCs for minutes
+/// (`timeo` × `retrans`); so the unmount runs in a thread of its own and this returns as
+/// soon as the mount has left the mount table, leaving that thread to finish.
 pub fn unmount(target: &Path, force: bool) -> Result<()> {
+    if !force {
+        return unmount_now(target, false);
+    }
+    if !is_mount_point(target)? {
+        return Ok(());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = target.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(unmount_now(&path, true));
+    });
+    let deadline = Instant::now() + FORCED_UNMOUNT_WAIT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(result) => return result,
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::Unmount { target: target.into(), errno: Errno::EIO }),
+            Err(RecvTimeoutError::Timeout) if !is_mount_point(target)? => {
+                tracing::warn!(target = %target.display(), "unmounted; the kernel is still tearing down the dead server's state in the background");
+                return Ok(());
+            }
+            Err(RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                return Err(Error::Unmount { target: target.into(), errno: Errno::ETIMEDOUT });
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+fn unmount_now(target: &Path, force: bool) -> Result<()> {
     // Bounded: each round removes one mount of the stack.
     for _ in 0..16 {
         if !is_mount_point(target)? {

@@ -10,7 +10,10 @@
 //! ([`NfsDefaults::mount_timeout`]) and is killed when it passes, giving
 //! [`Error::Timeout`]; a mount that landed meanwhile is undone. Teardown unmounts normally
 //! and reports a busy mount as an error (the caller retries); only `force` (the pod is being
-//! deleted and the server is gone) uses `MNT_FORCE` and, failing that, a lazy `MNT_DETACH`.
+//! deleted and the server is gone) uses `MNT_FORCE` and, failing that, a lazy `MNT_DETACH`,
+//! and returns once the mount is out of the mount table while the kernel spends its RPC
+//! timeouts on the dead server in a background thread. Teardown never `stat`s the mount
+//! point: on a hard mount of a dead server that blocks until the server returns.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
