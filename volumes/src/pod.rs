@@ -5,6 +5,9 @@
 //! Both directions are idempotent, because the caller retries until the pod's volumes
 //! match its spec (as kubelet's volume manager does): setting up a volume already set up
 //! succeeds without doing anything, and tearing down one that is gone succeeds too.
+//!
+//! Every call blocks (mount(2), umount(2), `mount -t nfs` up to its deadline): async callers
+//! run them on a blocking thread (`tokio::task::spawn_blocking`).
 
 use std::path::{Path, PathBuf};
 
