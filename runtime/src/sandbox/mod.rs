@@ -2,6 +2,7 @@
 
 mod files;
 mod list;
+mod port_forward;
 mod network;
 mod remove;
 mod run;
