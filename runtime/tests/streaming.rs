@@ -1,0 +1,418 @@
+//! The streaming server end to end on loopback: a test backend whose exec runs real local
+//! processes (`/bin/sh -c ...`), driven by a SPDY client built on our framing and by a
+//! tokio-tungstenite WebSocket client, the way kubelet/kubectl and crictl drive it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capstan_runtime::streaming::cache::StreamRequest;
+use capstan_runtime::streaming::server::{StreamingOptions, StreamingServer};
+use capstan_runtime::streaming::spdy::{Connection, Headers, Role};
+use capstan_runtime::streaming::{Backend, Session, SessionEnd, StreamOptions, TerminalSize};
+use capstan_runtime::{Error, Result};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Runs exec'd commands as local processes; port-forward reaches 127.0.0.1.
+#[derive(Default)]
+struct LocalBackend {
+    sizes: Mutex<Option<mpsc::UnboundedSender<TerminalSize>>>,
+}
+
+impl Backend for LocalBackend {
+    async fn exec(&self, _container_id: &str, cmd: Vec<String>, options: StreamOptions) -> Result<Session> {
+        let pipe = |on: bool| if on { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+        let mut child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(pipe(options.stdin))
+            .stdout(pipe(options.stdout))
+            .stderr(pipe(options.stderr && !options.tty))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let resize = self.sizes.lock().unwrap().clone().filter(|_| options.tty);
+        Ok(Session {
+            stdin: child.stdin.take().map(|s| Box::new(s) as _),
+            stdout: child.stdout.take().map(|s| Box::new(s) as _),
+            stderr: child.stderr.take().map(|s| Box::new(s) as _),
+            resize,
+            end: Box::pin(async move {
+                match child.wait().await {
+                    Ok(status) => SessionEnd::Exited(status.code().unwrap_or(255)),
+                    Err(e) => SessionEnd::Failed(e.to_string()),
+                }
+            }),
+        })
+    }
+
+    async fn attach(&self, container_id: &str, _options: StreamOptions) -> Result<Session> {
+        Err(Error::NotFound { kind: "container", id: container_id.into() })
+    }
+
+    async fn port_forward(&self, _pod_id: &str, port: u16) -> Result<TcpStream> {
+        TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| Error::Unavailable(e.to_string()))
+    }
+}
+
+async fn server_with(ttl: Duration) -> (StreamingServer, Arc<LocalBackend>) {
+    let backend = Arc::new(LocalBackend::default());
+    let options = StreamingOptions { token_ttl: ttl, ..Default::default() };
+    (StreamingServer::start(options, backend.clone()).await.unwrap(), backend)
+}
+
+async fn server() -> (StreamingServer, Arc<LocalBackend>) {
+    server_with(Duration::from_secs(60)).await
+}
+
+fn exec(script: &str, stdin: bool, tty: bool) -> StreamRequest {
+    StreamRequest::Exec {
+        container_id: "c".into(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        options: StreamOptions { tty, stdin, stdout: true, stderr: !tty },
+    }
+}
+
+/// Splits `http://127.0.0.1:port/path?query` into address and path.
+fn split_url(url: &str) -> (SocketAddr, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let slash = rest.find('/').unwrap();
+    (rest[..slash].parse().unwrap(), rest[slash..].to_string())
+}
+
+/// Upgrades to SPDY/3.1 offering `protocols`; returns the connection and the negotiated
+/// protocol, or the HTTP status and body of a refusal.
+async fn spdy_connect(url: &str, protocols: &[&str]) -> std::result::Result<(Connection, String), (u16, String)> {
+    let (addr, path) = split_url(url);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n");
+    for p in protocols {
+        request += &format!("X-Stream-Protocol-Version: {p}\r\n");
+    }
+    request += "Content-Length: 0\r\n\r\n";
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // Byte by byte: nothing after the blank line may be swallowed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if tcp.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    if status != 101 {
+        // The connection stays open (keep-alive): read what arrives within a moment.
+        let mut body = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await {
+            body.extend_from_slice(&buf[..n]);
+        }
+        return Err((status, head + &String::from_utf8_lossy(&body)));
+    }
+    let negotiated = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-stream-protocol-version:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    Ok((Connection::new(tcp, Role::Client), negotiated))
+}
+
+struct Outcome {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    error: Vec<u8>,
+}
+
+/// kubectl's order: error, stdin, stdout, stderr streams; stdin written then half-closed.
+async fn spdy_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Outcome {
+    let (conn, negotiated) = spdy_connect(url, &[protocol]).await.unwrap();
+    assert_eq!(negotiated, protocol);
+    let stream = |t: &str| Headers::new().with("streamType", t);
+    let mut error = conn.open(stream("error"), false).await.unwrap();
+    let stdin_stream = match stdin {
+        Some(_) => Some(conn.open(stream("stdin"), false).await.unwrap()),
+        None => None,
+    };
+    let mut stdout = conn.open(stream("stdout"), false).await.unwrap();
+    let mut stderr = conn.open(stream("stderr"), false).await.unwrap();
+    if let (Some(s), Some(data)) = (stdin_stream, stdin) {
+        s.writer.write(data).await.unwrap();
+        s.writer.close().await.unwrap();
+    }
+    let (stdout, stderr, error) = tokio::time::timeout(
+        Duration::from_secs(20),
+        async { tokio::join!(stdout.reader.read_to_end(), stderr.reader.read_to_end(), error.reader.read_to_end()) },
+    )
+    .await
+    .expect("exec session did not finish");
+    Outcome { stdout, stderr, error }
+}
+
+fn status(error: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(error).unwrap_or_else(|e| panic!("error stream {:?}: {e}", String::from_utf8_lossy(error)))
+}
+
+#[tokio::test]
+async fn spdy_exec_separates_stdout_and_stderr_and_reports_success() {
+    let (server, _) = server().await;
+    let url = server.url(exec("echo out; echo err >&2", false, false)).unwrap();
+    let out = spdy_exec(&url, "v4.channel.k8s.io", None).await;
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(status(&out.error)["status"], "Success");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn spdy_exec_feeds_stdin_and_reports_the_exit_code() {
+    let (server, _) = server().await;
+    let url = server.url(exec("cat; exit 3", true, false)).unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = spdy_exec(&url, "v5.channel.k8s.io", Some(&big)).await;
+    assert_eq!(out.stdout.len(), big.len());
+    assert!(out.stdout == big, "stdin came back changed");
+    let s = status(&out.error);
+    assert_eq!(s["status"], "Failure");
+    assert_eq!(s["reason"], "NonZeroExitCode");
+    assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+    assert_eq!(s["details"]["causes"][0]["message"], "3");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn spdy_v2_reports_errors_as_text_and_success_as_nothing() {
+    let (server, _) = server().await;
+    let ok = spdy_exec(&server.url(exec("echo hi", false, false)).unwrap(), "v2.channel.k8s.io", None).await;
+    assert_eq!(ok.stdout, b"hi\n");
+    assert!(ok.error.is_empty(), "{:?}", String::from_utf8_lossy(&ok.error));
+    let bad = spdy_exec(&server.url(exec("exit 5", false, false)).unwrap(), "v2.channel.k8s.io", None).await;
+    let text = String::from_utf8(bad.error).unwrap();
+    assert!(text.contains("non-zero exit code") && text.contains('5'), "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn spdy_tty_session_gets_resize_events() {
+    let (server, backend) = server().await;
+    let (tx, mut sizes) = mpsc::unbounded_channel();
+    *backend.sizes.lock().unwrap() = Some(tx);
+    let url = server.url(exec("read line; echo got $line", true, true)).unwrap();
+    let (conn, _) = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let stream = |t: &str| Headers::new().with("streamtype", t);
+    let mut error = conn.open(stream("error"), false).await.unwrap();
+    let stdin = conn.open(stream("stdin"), false).await.unwrap();
+    let mut stdout = conn.open(stream("stdout"), false).await.unwrap();
+    let resize = conn.open(stream("resize"), false).await.unwrap();
+    // Two events, the second split across frames.
+    resize.writer.write(br#"{"Width":80,"Height":24}{"Width":1"#).await.unwrap();
+    resize.writer.write(br#"20,"Height":40}"#).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), sizes.recv()).await.unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), sizes.recv()).await.unwrap().unwrap();
+    assert_eq!((first.width, first.height, second.width, second.height), (80, 24, 120, 40));
+    stdin.writer.write(b"x\n").await.unwrap();
+    assert_eq!(stdout.reader.read_to_end().await, b"got x\n");
+    assert_eq!(status(&error.reader.read_to_end().await)["status"], "Success");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_error_is_reported_on_the_error_stream() {
+    let (server, _) = server().await;
+    let options = StreamOptions { stdout: true, ..Default::default() };
+    let url = server.url(StreamRequest::Attach { container_id: "gone".into(), options }).unwrap();
+    let (conn, _) = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let mut error = conn.open(Headers::new().with("streamtype", "error"), false).await.unwrap();
+    let _stdout = conn.open(Headers::new().with("streamtype", "stdout"), false).await.unwrap();
+    let s = status(&error.reader.read_to_end().await);
+    assert_eq!(s["status"], "Failure");
+    assert!(s["message"].as_str().unwrap().contains("gone"), "{s}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_expire_and_belong_to_one_kind() {
+    let (server, _) = server_with(Duration::from_millis(200)).await;
+    let url = server.url(exec("true", false, false)).unwrap();
+    let out = spdy_exec(&url, "v4.channel.k8s.io", None).await;
+    assert_eq!(status(&out.error)["status"], "Success");
+    let (code, body) = spdy_connect(&url, &["v4.channel.k8s.io"]).await.err().expect("reused token accepted");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("not found or expired"), "{body}");
+
+    let late = server.url(exec("true", false, false)).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(spdy_connect(&late, &["v4.channel.k8s.io"]).await.err().unwrap().0, 404);
+
+    let exec_url = server.url(exec("true", false, false)).unwrap();
+    let as_attach = exec_url.replace("/exec/", "/attach/");
+    assert_eq!(spdy_connect(&as_attach, &["v4.channel.k8s.io"]).await.err().unwrap().0, 404);
+    // ... and that attempt used the token up.
+    assert_eq!(spdy_connect(&exec_url, &["v4.channel.k8s.io"]).await.err().unwrap().0, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_protocol_is_refused() {
+    let (server, _) = server().await;
+    let url = server.url(exec("true", false, false)).unwrap();
+    let (code, body) = spdy_connect(&url, &["v9.channel.k8s.io"]).await.err().unwrap();
+    assert_eq!(code, 403, "{body}");
+    server.shutdown().await;
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn ws_connect(url: &str, protocol: &str) -> Ws {
+    let (addr, _) = split_url(url);
+    let mut request = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, response) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+    ws
+}
+
+/// Collects channel 1, 2 and 3 until the server closes.
+async fn ws_collect(ws: &mut Ws) -> [Vec<u8>; 4] {
+    let mut channels: [Vec<u8>; 4] = Default::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match message.unwrap() {
+            Message::Binary(b) => channels[usize::from(b[0])].extend_from_slice(&b[1..]),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    channels
+}
+
+#[tokio::test]
+async fn websocket_v5_exec_with_stdin_close_signal() {
+    let (server, _) = server().await;
+    let url = server.url(exec("cat; echo done >&2", true, false)).unwrap();
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    ws.send(Message::binary(b"\x00hello ".to_vec())).await.unwrap();
+    ws.send(Message::binary(b"\x00world".to_vec())).await.unwrap();
+    // v5: "I am done with stdin" — cat sees EOF and the command ends.
+    ws.send(Message::binary(vec![255, 0])).await.unwrap();
+    let [_, stdout, stderr, error] = ws_collect(&mut ws).await;
+    assert_eq!(stdout, b"hello world");
+    assert_eq!(stderr, b"done\n");
+    assert_eq!(status(&error)["status"], "Success");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_v4_exec_reports_the_exit_code() {
+    let (server, _) = server().await;
+    let url = server.url(exec("echo out; echo err >&2; exit 7", false, false)).unwrap();
+    let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
+    let [_, stdout, stderr, error] = ws_collect(&mut ws).await;
+    assert_eq!((stdout.as_slice(), stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    let s = status(&error);
+    assert_eq!(s["reason"], "NonZeroExitCode");
+    assert_eq!(s["details"]["causes"][0]["message"], "7");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_base64_exec() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (server, _) = server().await;
+    let url = server.url(exec("echo hi", false, false)).unwrap();
+    let mut ws = ws_connect(&url, "v4.base64.channel.k8s.io").await;
+    let mut stdout = Vec::new();
+    while let Some(Ok(message)) = ws.next().await {
+        match message {
+            Message::Text(t) if t.starts_with('1') => stdout.extend(b64.decode(&t.as_bytes()[1..]).unwrap()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(stdout, b"hi\n");
+    server.shutdown().await;
+}
+
+/// A TCP server on loopback answering each line with "echo:" + the line, once.
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1024];
+                let mut got = Vec::new();
+                while !got.ends_with(b"\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(&[b"echo:".as_slice(), &got].concat()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A loopback port nothing listens on.
+async fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn spdy_port_forward_carries_several_connections_and_reports_failures() {
+    let (server, _) = server().await;
+    let port = echo_server().await;
+    let dead = closed_port().await;
+    let url = server.url(StreamRequest::PortForward { pod_id: "p".into(), ports: vec![] }).unwrap();
+    let (conn, negotiated) = spdy_connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    assert_eq!(negotiated, "portforward.k8s.io");
+    let headers = |t: &str, port: u16, id: u32| {
+        Headers::new().with("streamType", t).with("port", &port.to_string()).with("requestID", &id.to_string())
+    };
+    for request in 0..3u32 {
+        let mut error = conn.open(headers("error", port, request), true).await.unwrap();
+        let mut data = conn.open(headers("data", port, request), false).await.unwrap();
+        data.writer.write(format!("ping {request}\n").as_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), data.reader.read_to_end()).await.unwrap();
+        assert_eq!(answer, format!("echo:ping {request}\n").as_bytes());
+        assert!(error.reader.read_to_end().await.is_empty());
+    }
+    let mut error = conn.open(headers("error", dead, 9), true).await.unwrap();
+    let _data = conn.open(headers("data", dead, 9), false).await.unwrap();
+    let message = String::from_utf8(error.reader.read_to_end().await).unwrap();
+    assert!(message.contains(&format!("error forwarding port {dead}")), "{message}");
+    conn.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_port_forward_prefixes_channels_with_the_port() {
+    let (server, _) = server().await;
+    let port = echo_server().await;
+    let url = server.url(StreamRequest::PortForward { pod_id: "p".into(), ports: vec![] }).unwrap();
+    let mut ws = ws_connect(&format!("{url}?port={port}"), "v4.channel.k8s.io").await;
+    let mut firsts = Vec::new();
+    while firsts.len() < 2 {
+        if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
+            firsts.push(b.to_vec());
+        }
+    }
+    let le = port.to_le_bytes();
+    firsts.sort();
+    assert_eq!(firsts, vec![vec![0, le[0], le[1]], vec![1, le[0], le[1]]]);
+    ws.send(Message::binary([&[0u8][..], b"over ws\n"].concat())).await.unwrap();
+    let [data, error, ..] = ws_collect(&mut ws).await;
+    assert_eq!(data, b"echo:over ws\n");
+    assert!(error.is_empty());
+    server.shutdown().await;
+}
