@@ -416,3 +416,257 @@ async fn websocket_port_forward_prefixes_channels_with_the_port() {
     assert!(error.is_empty());
     server.shutdown().await;
 }
+
+// kubectl itself as the client (client-go's SPDY and WebSocket executors, moby/spdystream),
+// through a stand-in API server that answers the few reads kubectl makes and splices the
+// exec/portforward upgrade to the streaming URL, the way kubelet's proxy does. Skipped
+// (with a message) where kubectl is not installed.
+
+/// Serves discovery, one pod `p` with container `c`, and hands each streaming request to
+/// the next queued streaming URL.
+struct FakeApiServer {
+    addr: SocketAddr,
+    urls: Arc<Mutex<std::collections::VecDeque<String>>>,
+    seen: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl FakeApiServer {
+    async fn start() -> FakeApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let urls: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (u, s) = (urls.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(api_connection(tcp, u.clone(), s.clone()));
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://{addr}\n\
+                 contexts:\n- name: t\n  context:\n    cluster: t\n    user: u\n    namespace: default\n\
+                 current-context: t\nusers:\n- name: u\n  user: {{}}\n"
+            ),
+        )
+        .unwrap();
+        FakeApiServer { addr, urls, seen, _dir: dir, kubeconfig }
+    }
+
+    fn queue(&self, url: String) {
+        self.urls.lock().unwrap().push_back(url);
+    }
+
+    fn kubectl(&self, websockets: bool) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .env("HOME", self._dir.path())
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets.to_string())
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets.to_string())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    fn seen(&self) -> String {
+        format!("{} requests: {:?}", self.addr, self.seen.lock().unwrap())
+    }
+}
+
+async fn read_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if tcp.read(&mut b).await.ok()? == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    String::from_utf8(head).ok()
+}
+
+async fn api_connection(mut tcp: TcpStream, urls: Arc<Mutex<std::collections::VecDeque<String>>>, seen: Arc<Mutex<Vec<String>>>) {
+    while let Some(head) = read_head(&mut tcp).await {
+        let mut words = head.split(' ');
+        let (method, target) = (words.next().unwrap_or_default().to_string(), words.next().unwrap_or_default().to_string());
+        let upgrade = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("upgrade:").map(|v| v.trim().to_string()))
+            .unwrap_or_default();
+        seen.lock().unwrap().push(format!("{method} {target} upgrade={upgrade}"));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if tcp.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        if path.ends_with("/exec") || path.ends_with("/portforward") || path.ends_with("/attach") {
+            let Some(url) = urls.lock().unwrap().pop_front() else { return };
+            let (addr, upstream_path) = split_url(&url);
+            let mut upstream = TcpStream::connect(addr).await.unwrap();
+            let rest = head.split_once("\r\n").map(|(_, r)| r).unwrap_or_default();
+            let line = format!("{method} {upstream_path}?{query} HTTP/1.1\r\n");
+            upstream.write_all([line.as_bytes(), rest.as_bytes(), &body].concat().as_slice()).await.unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+            return;
+        }
+        let (code, json) = match path {
+            "/api" => (200, r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[]}"#.to_string()),
+            "/apis" => (200, r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#.to_string()),
+            "/api/v1" => (
+                200,
+                r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[
+                    {"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},
+                    {"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},
+                    {"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}"#
+                    .to_string(),
+            ),
+            "/api/v1/namespaces/default/pods/p" => (
+                200,
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default","uid":"u1"},
+                    "spec":{"containers":[{"name":"c","image":"busybox"}]},
+                    "status":{"phase":"Running","containerStatuses":[{"name":"c","ready":true,"restartCount":0,"image":"busybox","imageID":"","state":{"running":{}}}]}}"#
+                    .to_string(),
+            ),
+            _ => (404, r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_string()),
+        };
+        let response = format!(
+            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        if tcp.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn have_kubectl() -> bool {
+    let found = std::process::Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: kubectl is not installed");
+    }
+    found
+}
+
+async fn kubectl_exec(api: &FakeApiServer, server: &StreamingServer, websockets: bool) {
+    api.queue(server.url(exec("echo out; echo err >&2; exit 3", false, false)).unwrap());
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        api.kubectl(websockets).args(["exec", "p", "--", "sh", "-c", "ignored: the CRI request decides"]).output(),
+    )
+    .await
+    .expect("kubectl exec hung")
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "stdout {stdout:?} stderr {stderr:?} {}", api.seen());
+    assert_eq!(stdout, "out\n");
+    assert!(stderr.starts_with("err\n"), "{stderr:?}");
+
+    // stdin through `-i`, to EOF.
+    let options = StreamOptions { stdin: true, stdout: true, stderr: true, tty: false };
+    let cmd = vec!["/bin/sh".into(), "-c".into(), "tr a-z A-Z".into()];
+    api.queue(server.url(StreamRequest::Exec { container_id: "c".into(), cmd, options }).unwrap());
+    let mut child = api
+        .kubectl(websockets)
+        .args(["exec", "-i", "p", "--", "tr"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello from kubectl\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("kubectl exec -i hung").unwrap();
+    assert!(out.status.success(), "{:?} {}", String::from_utf8_lossy(&out.stderr), api.seen());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO FROM KUBECTL\n");
+}
+
+#[tokio::test]
+async fn kubectl_exec_over_spdy() {
+    if !have_kubectl() {
+        return;
+    }
+    let (server, _) = server().await;
+    let api = FakeApiServer::start().await;
+    kubectl_exec(&api, &server, false).await;
+    assert!(api.seen().contains("upgrade=spdy/3.1") && !api.seen().contains("upgrade=websocket"), "{}", api.seen());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_exec_over_websocket() {
+    if !have_kubectl() {
+        return;
+    }
+    let (server, _) = server().await;
+    let api = FakeApiServer::start().await;
+    kubectl_exec(&api, &server, true).await;
+    assert!(api.seen().contains("upgrade=websocket") && !api.seen().contains("upgrade=spdy"), "{}", api.seen());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_over_spdy() {
+    kubectl_port_forward(false).await;
+}
+
+/// kubectl's default since 1.31: SPDY tunnelled through a WebSocket.
+#[tokio::test]
+async fn kubectl_port_forward_over_a_websocket_tunnel() {
+    kubectl_port_forward(true).await;
+}
+
+async fn kubectl_port_forward(websockets: bool) {
+    if !have_kubectl() {
+        return;
+    }
+    let (server, _) = server().await;
+    let api = FakeApiServer::start().await;
+    let remote = echo_server().await;
+    api.queue(server.url(StreamRequest::PortForward { pod_id: "p".into(), ports: vec![remote] }).unwrap());
+    let mut child = api
+        .kubectl(websockets)
+        .args(["port-forward", "pod/p", &format!(":{remote}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "Forwarding from 127.0.0.1:<local> -> <remote>"
+    let mut stdout = child.stdout.take().unwrap();
+    let mut printed = String::new();
+    let local: u16 = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let mut buf = [0u8; 256];
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "kubectl port-forward ended: {printed} {}", api.seen());
+            printed.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(rest) = printed.split("Forwarding from 127.0.0.1:").nth(1)
+                && let Some((port, _)) = rest.split_once(' ')
+            {
+                return port.parse().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("kubectl port-forward did not start");
+    for i in 0..3 {
+        let mut tcp = TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+        tcp.write_all(format!("via kubectl {i}\n").as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), tcp.read_to_string(&mut answer)).await.expect("no answer").unwrap();
+        assert_eq!(answer, format!("echo:via kubectl {i}\n"));
+    }
+    child.kill().await.unwrap();
+    let wanted = if websockets { "upgrade=websocket" } else { "upgrade=spdy/3.1" };
+    assert!(api.seen().contains(wanted) && api.seen().matches("portforward").count() == 1, "{}", api.seen());
+    server.shutdown().await;
+}

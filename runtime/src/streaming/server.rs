@@ -318,9 +318,10 @@ fn websocket_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequ
     let Some(protocol) = websocket::negotiate(&offered, supported) else {
         return plain(StatusCode::BAD_REQUEST, format!("none of the websocket subprotocols {offered:?} is supported"));
     };
-    // Port-forward over WebSocket names its ports in the URL; the CRI request's are the fallback.
+    // Port-forward over WebSocket names its ports in the URL; the CRI request's are the
+    // fallback. (The SPDY tunnel names them per stream instead.)
     let request = match request {
-        StreamRequest::PortForward { pod_id, ports } => {
+        StreamRequest::PortForward { pod_id, ports } if protocol.name != websocket::SPDY_TUNNEL => {
             let mut wanted = match portforward::ports_from_query(req.uri().query()) {
                 Ok(p) => p,
                 Err(e) => return plain(StatusCode::BAD_REQUEST, e),
@@ -345,6 +346,10 @@ fn websocket_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequ
         let mut stop = state.stop.clone();
         let session = async {
             match request {
+                StreamRequest::PortForward { pod_id, .. } if protocol.name == websocket::SPDY_TUNNEL => {
+                    let conn = Connection::new(websocket::tunnel(ws), Role::Server);
+                    portforward::serve_spdy(state.backend.clone(), pod_id, conn).await
+                }
                 StreamRequest::PortForward { pod_id, ports } => {
                     portforward::serve_ws(state.backend.clone(), pod_id, ports, protocol, ws).await
                 }

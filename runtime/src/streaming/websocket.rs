@@ -11,6 +11,8 @@ use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Channel 255 in v5: "the client closed channel N".
@@ -45,8 +47,12 @@ pub(crate) const REMOTE_COMMAND: &[WsProtocol] = &[
     WsProtocol::new("", false, 1),
 ];
 
+/// client-go's port-forward tunnel: a whole SPDY connection carried in binary messages.
+pub(crate) const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
 /// Port-forward subprotocols.
 pub(crate) const PORT_FORWARD: &[WsProtocol] = &[
+    WsProtocol::new(SPDY_TUNNEL, false, 4),
     WsProtocol::new("v4.channel.k8s.io", false, 4),
     WsProtocol::new("v4.base64.channel.k8s.io", true, 4),
     WsProtocol::new("portforward.k8s.io", false, 4),
@@ -96,7 +102,9 @@ pub(crate) struct WsTasks {
 impl WsTasks {
     /// Sends a normal close after everything queued and stops reading.
     pub async fn close(self, out: WsOut) {
-        let _ = out.tx.send(Message::Close(None)).await;
+        // A normal-closure code: client-go reads a close without one (1005) as an error.
+        let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+        let _ = out.tx.send(Message::Close(Some(frame))).await;
         drop(out);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.writer).await;
         self.reader.abort();
@@ -159,6 +167,45 @@ where
         }
     });
     (WsOut { tx, base64: protocol.base64 }, receivers, WsTasks { reader, writer })
+}
+
+/// Turns a tunnelling WebSocket into a byte stream for [`super::spdy::Connection`]: each
+/// binary message is a run of SPDY bytes; our end's EOF becomes a normal close.
+pub(crate) fn tunnel<S>(ws: S) -> tokio::io::DuplexStream
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let (mut sink, mut stream) = ws.split();
+    let (mut from_spdy, mut to_spdy) = tokio::io::split(theirs);
+    let inbound = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Binary(b) if to_spdy.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = to_spdy.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_spdy.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), inbound).await;
+    });
+    ours
 }
 
 #[cfg(test)]
