@@ -89,18 +89,25 @@ fn split_url(url: &str) -> (SocketAddr, String) {
 /// protocol, or the HTTP status and body of a refusal.
 async fn spdy_connect(url: &str, protocols: &[&str]) -> std::result::Result<(Connection, String), (u16, String)> {
     let (addr, path) = split_url(url);
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    spdy_handshake(TcpStream::connect(addr).await.unwrap(), addr, &path, protocols).await
+}
+
+async fn spdy_handshake<S>(mut io: S, addr: SocketAddr, path: &str, protocols: &[&str]) -> std::result::Result<(Connection, String), (u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let mut request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n");
     for p in protocols {
         request += &format!("X-Stream-Protocol-Version: {p}\r\n");
     }
     request += "Content-Length: 0\r\n\r\n";
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    io.write_all(request.as_bytes()).await.unwrap();
+    io.flush().await.unwrap();
     // Byte by byte: nothing after the blank line may be swallowed.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        if tcp.read(&mut b).await.unwrap() == 0 {
+        if io.read(&mut b).await.unwrap() == 0 {
             break;
         }
         head.push(b[0]);
@@ -111,7 +118,7 @@ async fn spdy_connect(url: &str, protocols: &[&str]) -> std::result::Result<(Con
         // The connection stays open (keep-alive): read what arrives within a moment.
         let mut body = Vec::new();
         let mut buf = [0u8; 1024];
-        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await {
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await {
             body.extend_from_slice(&buf[..n]);
         }
         return Err((status, head + &String::from_utf8_lossy(&body)));
@@ -120,7 +127,7 @@ async fn spdy_connect(url: &str, protocols: &[&str]) -> std::result::Result<(Con
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-stream-protocol-version:").map(|v| v.trim().to_string()))
         .unwrap_or_default();
-    Ok((Connection::new(tcp, Role::Client), negotiated))
+    Ok((Connection::new(io, Role::Client), negotiated))
 }
 
 struct Outcome {
@@ -668,5 +675,71 @@ async fn kubectl_port_forward(websockets: bool) {
     child.kill().await.unwrap();
     let wanted = if websockets { "upgrade=websocket" } else { "upgrade=spdy/3.1" };
     assert!(api.seen().contains(wanted) && api.seen().matches("portforward").count() == 1, "{}", api.seen());
+    server.shutdown().await;
+}
+
+/// A self-signed certificate for 127.0.0.1, made with the openssl CLI.
+fn self_signed(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=capstan-test", "-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: webpki refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made {
+        eprintln!("skipped: openssl cannot make a test certificate");
+    }
+    made.then_some((cert, key))
+}
+
+#[tokio::test]
+async fn exec_over_tls() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = self_signed(dir.path()) else { return };
+    // Mismatched files are refused at start.
+    let wrong = StreamingOptions { tls: Some((cert.clone(), cert.clone())), ..Default::default() };
+    assert!(StreamingServer::start(wrong, Arc::new(LocalBackend::default())).await.is_err());
+
+    let options = StreamingOptions { tls: Some((cert.clone(), key)), ..Default::default() };
+    let server = StreamingServer::start(options, Arc::new(LocalBackend::default())).await.unwrap();
+    let url = server.url(exec("echo secret", false, false)).unwrap();
+    let rest = url.strip_prefix("https://").expect("an https URL");
+    let slash = rest.find('/').unwrap();
+    let (addr, path): (SocketAddr, &str) = (rest[..slash].parse().unwrap(), &rest[slash..]);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls::pki_types::ServerName::IpAddress(addr.ip().into()), TcpStream::connect(addr).await.unwrap())
+        .await
+        .unwrap();
+    let (conn, _) = spdy_handshake(tls, addr, path, &["v4.channel.k8s.io"]).await.unwrap();
+    let mut error = conn.open(Headers::new().with("streamtype", "error"), false).await.unwrap();
+    let mut stdout = conn.open(Headers::new().with("streamtype", "stdout"), false).await.unwrap();
+    let _stderr = conn.open(Headers::new().with("streamtype", "stderr"), false).await.unwrap();
+    assert_eq!(stdout.reader.read_to_end().await, b"secret\n");
+    assert_eq!(status(&error.reader.read_to_end().await)["status"], "Success");
+    // Plain HTTP to the TLS port gets nowhere.
+    let plain = url.replacen("https://", "http://", 1);
+    let (addr, path) = split_url(&plain);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 101"));
     server.shutdown().await;
 }
