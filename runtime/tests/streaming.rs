@@ -743,3 +743,49 @@ async fn exec_over_tls() {
     assert!(!answer.starts_with(b"HTTP/1.1 101"));
     server.shutdown().await;
 }
+
+/// Waits until the process whose pid the script wrote to `pid_file` is gone.
+async fn wait_gone(pid_file: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(pid_file)
+            && !pid.trim().is_empty()
+        {
+            break pid.trim().to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the exec'd process never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    // A zombie still has /proc/<pid>: it counts as gone.
+    let alive = || std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| !s.contains(") Z "));
+    while alive() {
+        assert!(tokio::time::Instant::now() < deadline, "process {pid} outlived its client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_ends_the_exec() {
+    let (server, _) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, transport) in ["spdy", "websocket"].into_iter().enumerate() {
+        let pid_file = dir.path().join(format!("pid{i}"));
+        let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+        let url = server.url(exec(&script, false, false)).unwrap();
+        if transport == "spdy" {
+            let (conn, _) = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+            for t in ["error", "stdout", "stderr"] {
+                conn.open(Headers::new().with("streamtype", t), false).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(conn);
+        } else {
+            let ws = ws_connect(&url, "v5.channel.k8s.io").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(ws);
+        }
+        wait_gone(&pid_file).await;
+    }
+    server.shutdown().await;
+}

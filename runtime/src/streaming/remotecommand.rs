@@ -71,6 +71,9 @@ pub(crate) struct Wiring {
     pub stderr: Option<Sink>,
     pub error: Sink,
     pub format: StatusFormat,
+    /// Resolves when the client went away: the session is then dropped (which kills an
+    /// exec'd process) instead of running on for nobody.
+    pub client_gone: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 fn options_of(request: &StreamRequest) -> StreamOptions {
@@ -126,6 +129,7 @@ pub(crate) async fn serve_spdy<B: Backend>(backend: &B, request: StreamRequest, 
         stderr: stderr.map(|s| Sink::Spdy(s.writer)),
         error: Sink::Spdy(error.writer),
         format,
+        client_gone: Box::pin(conn.peer_gone()),
     };
     run(backend, &request, wiring).await;
     conn.close().await;
@@ -159,6 +163,7 @@ where
         stderr: sink(options.stderr && !options.tty, CH_STDERR),
         error: Sink::Ws { out: out.clone(), channel: CH_ERROR },
         format: if protocol.json_status() { StatusFormat::Json } else { StatusFormat::Text },
+        client_gone: Box::pin(tasks.peer_gone()),
     };
     run(backend, &request, wiring).await;
     tasks.close(out).await;
@@ -205,14 +210,18 @@ pub(crate) async fn run<B: Backend>(backend: &B, request: &StreamRequest, wiring
         tokio::join!(copy_out(stdout, wiring.stdout.as_ref()), copy_out(stderr, wiring.stderr.as_ref()));
     };
     tokio::pin!(outputs);
-    let mut end = end;
+    let (mut end, mut gone) = (end, wiring.client_gone);
     let ended_first = tokio::select! {
         ended = &mut end => Some(ended),
         () = &mut outputs => None,
+        () = &mut gone => return client_left(background),
     };
     let ended = match ended_first {
         // The usual order: output reaches EOF when the process exits, then the end arrives.
-        None => end.await,
+        None => tokio::select! {
+            ended = end => ended,
+            () = gone => return client_left(background),
+        },
         Some(ended) => {
             if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, &mut outputs).await.is_err() {
                 tracing::warn!("a process still holds the session's stdout/stderr open after it ended; closing them");
@@ -224,6 +233,13 @@ pub(crate) async fn run<B: Backend>(backend: &B, request: &StreamRequest, wiring
         task.abort();
     }
     report(&wiring.error, wiring.format, &ended, attach).await;
+}
+
+fn client_left(background: Vec<tokio::task::JoinHandle<()>>) {
+    tracing::info!("streaming client went away; ending its session");
+    for task in background {
+        task.abort();
+    }
 }
 
 async fn copy_out(from: Option<super::BoxedReader>, to: Option<&Sink>) {

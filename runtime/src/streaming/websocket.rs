@@ -97,9 +97,18 @@ impl WsOut {
 pub(crate) struct WsTasks {
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    ended: tokio::sync::watch::Receiver<bool>,
 }
 
 impl WsTasks {
+    /// Resolves once the client closed the connection or it broke.
+    pub fn peer_gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.ended.clone();
+        async move {
+            let _ = rx.wait_for(|ended| *ended).await.map(|_| ());
+        }
+    }
+
     /// Sends a normal close after everything queued and stops reading.
     pub async fn close(self, out: WsOut) {
         // A normal-closure code: client-go reads a close without one (1005) as an error.
@@ -135,7 +144,10 @@ where
         }
         let _ = sink.close().await;
     });
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
     let reader = tokio::spawn(async move {
+        // Set however the loop ends; dropping the senders ends every channel's receiver.
+        let _ended = ScopeSignal(ended_tx);
         while let Some(Ok(message)) = stream.next().await {
             let (channel, data) = match message {
                 Message::Binary(b) if !protocol.base64 && !b.is_empty() => (b[0], b.slice(1..)),
@@ -166,7 +178,16 @@ where
             }
         }
     });
-    (WsOut { tx, base64: protocol.base64 }, receivers, WsTasks { reader, writer })
+    (WsOut { tx, base64: protocol.base64 }, receivers, WsTasks { reader, writer, ended })
+}
+
+/// Signals on drop, also when the reader task is aborted.
+struct ScopeSignal(tokio::sync::watch::Sender<bool>);
+
+impl Drop for ScopeSignal {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// Turns a tunnelling WebSocket into a byte stream for [`super::spdy::Connection`]: each

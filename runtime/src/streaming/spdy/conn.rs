@@ -38,11 +38,12 @@ enum Outgoing {
     Close,
 }
 
-#[derive(Default)]
 struct Shared {
     /// Senders for the data of streams the peer may still send on.
     inbound: Mutex<HashMap<u32, mpsc::Sender<Bytes>>>,
     last_peer_stream: AtomicU32,
+    /// Set once nothing more can come from the peer (EOF, error, GOAWAY).
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -151,7 +152,11 @@ impl Connection {
         let (read_half, write_half) = tokio::io::split(io);
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let (incoming_tx, incoming) = mpsc::channel(16);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            inbound: Mutex::default(),
+            last_peer_stream: AtomicU32::new(0),
+            ended: tokio::sync::watch::Sender::new(false),
+        });
         let writer = tokio::spawn(write_loop(write_half, out_rx));
         let reader = tokio::spawn(read_loop(read_half, role, shared.clone(), out.clone(), incoming_tx));
         let first = if role == Role::Client { 1 } else { 2 };
@@ -172,6 +177,15 @@ impl Connection {
         let syn = Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, slot: 0, flags, headers: headers.clone() };
         self.out.send(Outgoing::Frame(syn)).await.map_err(|_| gone())?;
         Ok(Stream { id, headers, reader: StreamReader { rx }, writer: StreamWriter { id, out: self.out.clone() } })
+    }
+
+    /// Resolves once the peer can send nothing more: it went away, broke the protocol or
+    /// said GOAWAY.
+    pub fn peer_gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.ended.subscribe();
+        async move {
+            let _ = rx.wait_for(|ended| *ended).await.map(|_| ());
+        }
     }
 
     pub fn role(&self) -> Role {
@@ -265,6 +279,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
     // Every reader sees the end; no new streams.
     crate::sandbox::store::lock(&shared.inbound).clear();
+    shared.ended.send_replace(true);
 }
 
 /// Returns false when the connection should stop reading.
