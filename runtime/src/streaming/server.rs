@@ -251,60 +251,49 @@ fn spdy_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequest, 
         StreamRequest::PortForward { .. } => portforward::SPDY_PROTOCOLS,
         _ => remotecommand::SPDY_PROTOCOLS,
     };
-    let offered = header_values(req.headers(), "x-stream-protocol-version");
-    // A client that names no protocol gets the oldest behaviour, as in Kubernetes.
-    let protocol = if offered.is_empty() {
-        String::new()
-    } else {
-        match offered.iter().find(|o| supported.contains(&o.as_str())) {
-            Some(p) => p.clone(),
-            None => {
-                let mut resp = plain(
-                    StatusCode::FORBIDDEN,
-                    format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}"),
-                );
-                if let Ok(v) = HeaderValue::from_str(&supported.join(",")) {
-                    resp.headers_mut().insert("x-supported-stream-protocol-versions", v);
-                }
-                return resp;
-            }
-        }
+    let protocol = match spdy_protocol(req.headers(), supported) {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let negotiated = protocol.clone();
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => return tracing::debug!(error = %e, "SPDY upgrade failed"),
-        };
-        let conn = Connection::new(TokioIo::new(upgraded), Role::Server);
-        let mut stop = state.stop.clone();
-        let session = async {
-            match request {
-                StreamRequest::PortForward { pod_id, .. } => portforward::serve_spdy(state.backend.clone(), pod_id, conn).await,
-                request => remotecommand::serve_spdy(&*state.backend, request, &negotiated, conn).await,
-            }
-        };
-        tokio::select! {
-            () = stopped(&mut stop) => {}
-            () = session => {}
+    after_upgrade(&mut req, state, move |io, state| async move {
+        let conn = Connection::new(io, Role::Server);
+        match request {
+            StreamRequest::PortForward { pod_id, .. } => portforward::serve_spdy(state.backend.clone(), pod_id, conn).await,
+            request => remotecommand::serve_spdy(&*state.backend, request, &negotiated, conn).await,
         }
     });
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    let mut resp = switching("SPDY/3.1");
     if let Ok(v) = HeaderValue::from_str(&protocol)
         && !protocol.is_empty()
     {
-        h.insert("x-stream-protocol-version", v);
+        resp.headers_mut().insert("x-stream-protocol-version", v);
     }
     resp
 }
 
+/// The first protocol the client offers that we speak. A client that names none gets the
+/// oldest behaviour (""), as in Kubernetes; one that names only unknown ones is refused.
+fn spdy_protocol(headers: &HeaderMap, supported: &[&str]) -> std::result::Result<String, Response<Body>> {
+    let offered = header_values(headers, "x-stream-protocol-version");
+    if offered.is_empty() {
+        return Ok(String::new());
+    }
+    if let Some(p) = offered.iter().find(|o| supported.contains(&o.as_str())) {
+        return Ok(p.clone());
+    }
+    let mut resp = plain(
+        StatusCode::FORBIDDEN,
+        format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&supported.join(",")) {
+        resp.headers_mut().insert("x-supported-stream-protocol-versions", v);
+    }
+    Err(resp)
+}
+
 fn websocket_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequest, state: Arc<State<B>>) -> Response<Body> {
-    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+    let Some(accept) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
         return plain(StatusCode::BAD_REQUEST, "websocket upgrade without Sec-WebSocket-Key");
     };
     if req.headers().get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
@@ -318,60 +307,78 @@ fn websocket_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequ
     let Some(protocol) = websocket::negotiate(&offered, supported) else {
         return plain(StatusCode::BAD_REQUEST, format!("none of the websocket subprotocols {offered:?} is supported"));
     };
-    // Port-forward over WebSocket names its ports in the URL; the CRI request's are the
-    // fallback. (The SPDY tunnel names them per stream instead.)
-    let request = match request {
+    let request = match ws_ports(request, req.uri().query(), protocol) {
+        Ok(r) => r,
+        Err(message) => return plain(StatusCode::BAD_REQUEST, message),
+    };
+    after_upgrade(&mut req, state, move |io, state| async move {
+        let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
+        match request {
+            StreamRequest::PortForward { pod_id, .. } if protocol.name == websocket::SPDY_TUNNEL => {
+                let conn = Connection::new(websocket::tunnel(ws), Role::Server);
+                portforward::serve_spdy(state.backend.clone(), pod_id, conn).await
+            }
+            StreamRequest::PortForward { pod_id, ports } => {
+                portforward::serve_ws(state.backend.clone(), pod_id, ports, protocol, ws).await
+            }
+            request => remotecommand::serve_ws(&*state.backend, request, protocol, ws).await,
+        }
+    });
+    let mut resp = switching("websocket");
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        resp.headers_mut().insert("sec-websocket-accept", v);
+    }
+    if !protocol.name.is_empty() {
+        resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(protocol.name));
+    }
+    resp
+}
+
+/// Port-forward over WebSocket names its ports in the URL; the CRI request's are the
+/// fallback. (The SPDY tunnel names them per stream instead.)
+fn ws_ports(request: StreamRequest, query: Option<&str>, protocol: WsProtocol) -> std::result::Result<StreamRequest, String> {
+    match request {
         StreamRequest::PortForward { pod_id, ports } if protocol.name != websocket::SPDY_TUNNEL => {
-            let mut wanted = match portforward::ports_from_query(req.uri().query()) {
-                Ok(p) => p,
-                Err(e) => return plain(StatusCode::BAD_REQUEST, e),
-            };
+            let mut wanted = portforward::ports_from_query(query)?;
             if wanted.is_empty() {
                 wanted = ports;
             }
             if wanted.is_empty() {
-                return plain(StatusCode::BAD_REQUEST, "query parameter \"port\" is required");
+                return Err("query parameter \"port\" is required".into());
             }
-            StreamRequest::PortForward { pod_id, ports: wanted }
+            Ok(StreamRequest::PortForward { pod_id, ports: wanted })
         }
-        other => other,
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
+        other => Ok(other),
+    }
+}
+
+/// Runs `session` on the connection once hyper hands it over after the 101; the server's
+/// shutdown cuts it short.
+fn after_upgrade<B, F, Fut>(req: &mut Request<Incoming>, state: Arc<State<B>>, session: F)
+where
+    B: Backend,
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>, Arc<State<B>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
-            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+            Err(e) => return tracing::debug!(error = %e, "streaming upgrade failed"),
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, None).await;
         let mut stop = state.stop.clone();
-        let session = async {
-            match request {
-                StreamRequest::PortForward { pod_id, .. } if protocol.name == websocket::SPDY_TUNNEL => {
-                    let conn = Connection::new(websocket::tunnel(ws), Role::Server);
-                    portforward::serve_spdy(state.backend.clone(), pod_id, conn).await
-                }
-                StreamRequest::PortForward { pod_id, ports } => {
-                    portforward::serve_ws(state.backend.clone(), pod_id, ports, protocol, ws).await
-                }
-                request => remotecommand::serve_ws(&*state.backend, request, protocol, ws).await,
-            }
-        };
         tokio::select! {
             () = stopped(&mut stop) => {}
-            () = session => {}
+            () = session(TokioIo::new(upgraded), state.clone()) => {}
         }
     });
+}
+
+fn switching(upgrade: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&key) {
-        h.insert("sec-websocket-accept", v);
-    }
-    if !protocol.name.is_empty() {
-        h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol.name));
-    }
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(upgrade));
     resp
 }
 
