@@ -253,7 +253,13 @@ fn spdy_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequest, 
     };
     let protocol = match spdy_protocol(req.headers(), supported) {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(message) => {
+            let mut resp = plain(StatusCode::FORBIDDEN, message);
+            if let Ok(v) = HeaderValue::from_str(&supported.join(",")) {
+                resp.headers_mut().insert("x-supported-stream-protocol-versions", v);
+            }
+            return resp;
+        }
     };
     let negotiated = protocol.clone();
     after_upgrade(&mut req, state, move |io, state| async move {
@@ -274,22 +280,17 @@ fn spdy_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequest, 
 
 /// The first protocol the client offers that we speak. A client that names none gets the
 /// oldest behaviour (""), as in Kubernetes; one that names only unknown ones is refused.
-fn spdy_protocol(headers: &HeaderMap, supported: &[&str]) -> std::result::Result<String, Response<Body>> {
+fn spdy_protocol(headers: &HeaderMap, supported: &[&str]) -> std::result::Result<String, String> {
     let offered = header_values(headers, "x-stream-protocol-version");
     if offered.is_empty() {
         return Ok(String::new());
     }
-    if let Some(p) = offered.iter().find(|o| supported.contains(&o.as_str())) {
-        return Ok(p.clone());
+    match offered.iter().find(|o| supported.contains(&o.as_str())) {
+        Some(p) => Ok(p.clone()),
+        None => Err(format!(
+            "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}"
+        )),
     }
-    let mut resp = plain(
-        StatusCode::FORBIDDEN,
-        format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&supported.join(",")) {
-        resp.headers_mut().insert("x-supported-stream-protocol-versions", v);
-    }
-    Err(resp)
 }
 
 fn websocket_upgrade<B: Backend>(mut req: Request<Incoming>, request: StreamRequest, state: Arc<State<B>>) -> Response<Body> {
