@@ -234,4 +234,36 @@ async fn port_forward_reaches_a_server_inside_the_pod_network() {
     assert_eq!(rt.attach(attach).await.unwrap_err().code(), Code::FailedPrecondition);
     rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     guard.pod = None;
+
+    // A host-network pod: the forward reaches the host's own loopback.
+    let mut config = pod_config(&daemon);
+    config.metadata.as_mut().unwrap().name = "pf-host".into();
+    config.metadata.as_mut().unwrap().uid = "uid-pf-host".into();
+    config.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption { network: v1::NamespaceMode::Node as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = rt
+        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    guard.pod = Some(pod.clone());
+    let host_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_port = host_server.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = host_server.accept().await {
+            let _ = s.write_all(b"hello-from-the-host").await;
+        }
+    });
+    let (answer, error) = fetch_over_spdy(&mut rt, &pod, host_port).await;
+    assert!(error.is_empty(), "{error}");
+    assert_eq!(answer, "hello-from-the-host");
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    guard.pod = None;
 }
