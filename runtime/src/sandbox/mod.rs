@@ -2,8 +2,8 @@
 
 mod files;
 mod list;
-mod port_forward;
 mod network;
+mod port_forward;
 mod remove;
 mod run;
 pub mod status;
