@@ -1,4 +1,5 @@
-//! The CRI socket: exclusive ownership, binding, serving, graceful shutdown.
+//! The CRI socket: exclusive ownership, binding, serving, graceful shutdown; the streaming
+//! server (exec/attach/port-forward) runs beside it and stops with it.
 
 use std::fs::File;
 use std::io::Write;
@@ -6,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use capstan_runtime::streaming::server::StreamingServer;
 use cri_proto::{ImageServiceServer, RuntimeServiceServer};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
@@ -26,6 +28,8 @@ pub enum ServerError {
     Bind { path: PathBuf, source: std::io::Error },
     #[error("cannot open the runtime: {0}")]
     Runtime(#[from] capstan_runtime::Error),
+    #[error("invalid streaming configuration: {0}")]
+    StreamingConfig(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("cannot serve metrics on {0}: {1}")]
@@ -107,7 +111,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let (listener, owner) = bind(&config.socket)?;
     let runtime = Arc::new(runtime);
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let cri = Arc::new(Cri::new(runtime.clone(), Arc::new(config.clone()), metrics.clone()));
+    let streaming_options = config.streaming.options().map_err(ServerError::StreamingConfig)?;
+    let streaming = Arc::new(StreamingServer::start(streaming_options, runtime.clone()).await?);
+    let cri = Arc::new(Cri::new(runtime.clone(), Arc::new(config.clone()), metrics.clone()).with_streaming(streaming.clone()));
     tracing::info!(
         socket = %config.socket.display(),
         root = %config.root.display(),
@@ -166,6 +172,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if let Some(task) = metrics_server {
         task.abort();
     }
+    streaming.shutdown().await;
     drop(owner);
     tracing::info!("capstan stopped");
     Ok(())

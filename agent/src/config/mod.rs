@@ -34,6 +34,7 @@ pub struct Config {
     pub cni: CniConfig,
     pub images: ImagesConfig,
     pub metrics: MetricsConfig,
+    pub streaming: StreamingConfig,
 }
 
 /// The Prometheus endpoint.
@@ -81,6 +82,47 @@ pub struct ImagesConfig {
     pub max_concurrent_downloads: usize,
 }
 
+/// The server kubelet and crictl connect to for exec, attach and port-forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    pub address: String,
+    pub port: u16,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub token_ttl_seconds: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig { address: "127.0.0.1".into(), port: 0, tls_cert: None, tls_key: None, token_ttl_seconds: 60 }
+    }
+}
+
+impl StreamingConfig {
+    /// The runtime's view; `Err` says which key is wrong.
+    pub fn options(&self) -> Result<capstan_runtime::streaming::server::StreamingOptions, String> {
+        let address = self
+            .address
+            .parse()
+            .map_err(|_| format!("streaming.address must be an IP address, got {:?}", self.address))?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err("streaming.tls_cert and streaming.tls_key must be set together".into()),
+        };
+        if self.token_ttl_seconds == 0 {
+            return Err("streaming.token_ttl_seconds must be at least 1".into());
+        }
+        Ok(capstan_runtime::streaming::server::StreamingOptions {
+            address,
+            port: self.port,
+            tls,
+            token_ttl: std::time::Duration::from_secs(self.token_ttl_seconds),
+        })
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -92,6 +134,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             images: ImagesConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -156,6 +199,7 @@ impl Config {
         if self.images.max_concurrent_downloads == 0 {
             return Err("images.max_concurrent_downloads must be at least 1".into());
         }
+        self.streaming.options()?;
         Ok(())
     }
 
@@ -218,6 +262,17 @@ mod tests {
     fn relative_paths_and_bad_values_are_rejected() {
         assert!(Config::parse("root = \"var/lib\"\n", Path::new("c")).unwrap_err().to_string().contains("root"));
         assert!(Config::parse("[cgroup]\ndriver = \"cgroupv3\"\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn streaming_section_is_checked() {
+        let c = Config::parse("[streaming]\naddress = \"::1\"\nport = 10010\n", Path::new("c")).unwrap();
+        let o = c.streaming.options().unwrap();
+        assert_eq!((o.address.to_string(), o.port, o.tls.is_none()), ("::1".to_string(), 10010, true));
+        for bad in ["address = \"localhost\"", "tls_cert = \"/c.pem\"", "token_ttl_seconds = 0"] {
+            let err = Config::parse(&format!("[streaming]\n{bad}\n"), Path::new("c")).unwrap_err().to_string();
+            assert!(err.contains("streaming."), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -42,6 +42,8 @@ mod version;
 use std::sync::Arc;
 
 use capstan_runtime::Runtime;
+use capstan_runtime::streaming::cache::StreamRequest;
+use capstan_runtime::streaming::server::StreamingServer;
 
 use crate::config::Config;
 use crate::metrics::SharedMetrics;
@@ -54,11 +56,24 @@ pub struct Cri {
     runtime: Arc<Runtime>,
     config: Arc<Config>,
     metrics: SharedMetrics,
+    /// Hands out the Exec/Attach/PortForward URLs; absent only in tests without one.
+    streaming: Option<Arc<StreamingServer>>,
 }
 
 impl Cri {
     pub fn new(runtime: Arc<Runtime>, config: Arc<Config>, metrics: SharedMetrics) -> Self {
-        Cri { runtime, config, metrics }
+        Cri { runtime, config, metrics, streaming: None }
+    }
+
+    pub fn with_streaming(mut self, streaming: Arc<StreamingServer>) -> Self {
+        self.streaming = Some(streaming);
+        self
+    }
+
+    /// A streaming URL for an already validated request.
+    fn streaming_url(&self, request: StreamRequest) -> Result<String, tonic::Status> {
+        let server = self.streaming.as_ref().ok_or_else(|| tonic::Status::unavailable("the streaming server is not running"))?;
+        server.url(request).map_err(to_status)
     }
 }
 

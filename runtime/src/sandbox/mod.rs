@@ -3,6 +3,7 @@
 mod files;
 mod list;
 mod network;
+mod port_forward;
 mod remove;
 mod run;
 pub mod status;

@@ -6,6 +6,14 @@
 //! protocols (SPDY/3.1 or WebSocket) and drives a [`Backend`]. The runtime is the backend in
 //! the daemon; tests may plug in another one.
 
+pub mod backend;
+pub mod cache;
+mod portforward;
+mod remotecommand;
+pub mod server;
+pub mod spdy;
+mod websocket;
+
 use std::future::Future;
 use std::pin::Pin;
 
