@@ -140,6 +140,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
         Err(_) => None, // empty: off (the config check rejects anything else)
     };
+    let device_plugin = crate::device_plugin::spawn(&config, stop_rx.clone());
     let serve = tonic::transport::Server::builder()
         .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics))
         .add_service(RuntimeServiceServer::from_arc(cri.clone()))
@@ -164,6 +165,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         ),
     }
     if let Some(task) = metrics_server {
+        task.abort();
+    }
+    if let Some(task) = device_plugin {
         task.abort();
     }
     drop(owner);
