@@ -168,7 +168,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         task.abort();
     }
     if let Some(task) = device_plugin {
-        task.abort();
+        // It saw the stop too and is removing its socket; do not wait on it for long.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
     }
     drop(owner);
     tracing::info!("capstan stopped");
