@@ -68,10 +68,10 @@ pub fn validate_key(key: &str) -> Result<(), String> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    if let Some(prefix) = prefix {
-        if !is_dns_subdomain(prefix) {
-            return Err(format!("label key {key:?}: prefix must be a lowercase DNS subdomain of at most 253 characters"));
-        }
+    if let Some(prefix) = prefix
+        && !is_dns_subdomain(prefix)
+    {
+        return Err(format!("label key {key:?}: prefix must be a lowercase DNS subdomain of at most 253 characters"));
     }
     if name.is_empty() || !is_name(name) {
         return Err(format!(

@@ -240,8 +240,10 @@ devices:
 
     #[test]
     fn requests_come_from_the_field_and_container_and_pod_annotations() {
-        let mut config = v1::ContainerConfig::default();
-        config.cdi_devices = vec![v1::CdiDevice { name: "example.com/gpu=0".into() }];
+        let mut config = v1::ContainerConfig {
+            cdi_devices: vec![v1::CdiDevice { name: "example.com/gpu=0".into() }],
+            ..Default::default()
+        };
         config.annotations.insert("cdi.k8s.io/plugin_dev".into(), "example.com/gpu=1,example.com/gpu=0".into());
         config.annotations.insert("other/annotation".into(), "not=a/device".into());
         let mut pod = v1::PodSandboxConfig::default();
