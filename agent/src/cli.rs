@@ -48,6 +48,12 @@ pub enum Command {
     Version,
     /// Preflight checks: kernel features, cgroups, CNI, socket, disk, other runtimes.
     Check,
+    /// Print this node's labels (configured `node.labels` plus discovered GPU and disk facts)
+    /// as kubelet's `--node-labels` value, or as a kubeadm JoinConfiguration fragment.
+    NodeLabels {
+        #[arg(long, value_enum, default_value = "flag")]
+        format: crate::node::LabelFormat,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]

@@ -4,8 +4,10 @@ mod check;
 mod cli;
 mod config;
 mod cri;
+mod device_plugin;
 mod logging;
 mod metrics;
+mod node;
 mod server;
 mod systemd;
 
@@ -59,6 +61,15 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Check) => {
             if check::print(&check::run_all(&config)) { Ok(()) } else { Err("preflight checks failed".into()) }
+        }
+        Some(Command::NodeLabels { format }) => {
+            let labels = node::compute(&config)?;
+            let (out, note) = node::render(&labels, format, &node::node_name());
+            print!("{out}");
+            if let Some(note) = note {
+                eprint!("{note}");
+            }
+            Ok(())
         }
         Some(Command::Version | Command::Config { .. }) => Ok(()),
     }

@@ -146,6 +146,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
         Err(_) => None, // empty: off (the config check rejects anything else)
     };
+    let device_plugin = crate::device_plugin::spawn(&config, stop_rx.clone());
     let serve = tonic::transport::Server::builder()
         .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics))
         .add_service(RuntimeServiceServer::from_arc(cri.clone()))
@@ -171,6 +172,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     if let Some(task) = metrics_server {
         task.abort();
+    }
+    if let Some(task) = device_plugin {
+        // It saw the stop too and is removing its socket; do not wait on it for long.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
     }
     streaming.shutdown().await;
     drop(owner);

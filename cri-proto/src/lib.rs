@@ -10,6 +10,7 @@ pub use v1::image_service_server::{ImageService, ImageServiceServer};
 pub use v1::runtime_service_client::RuntimeServiceClient;
 pub use v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 
+pub mod deviceplugin;
 pub mod monitor;
 pub mod unix;
 

@@ -31,6 +31,8 @@ pub struct RuntimeOptions {
     pub cgroup_driver: CgroupDriver,
     pub cni: CniOptions,
     pub images: ImageOptions,
+    /// Directories of CDI spec files, lowest priority first (`/etc/cdi`, `/var/run/cdi`).
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// Registry access and image store settings.

@@ -35,6 +35,9 @@ pub struct Config {
     pub images: ImagesConfig,
     pub metrics: MetricsConfig,
     pub streaming: StreamingConfig,
+    pub cdi: CdiConfig,
+    pub node: NodeConfig,
+    pub device_plugin: DevicePluginConfig,
 }
 
 /// The Prometheus endpoint.
@@ -43,6 +46,70 @@ pub struct Config {
 pub struct MetricsConfig {
     /// `host:port` serving `/metrics`; empty turns the endpoint off.
     pub address: String,
+}
+
+/// CDI (Container Device Interface) spec files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdiConfig {
+    /// Directories of CDI spec files (`*.json`, `*.yaml`); on a name clash the later wins.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig { spec_dirs: capstan_runtime::spec::cdi::DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect() }
+    }
+}
+
+/// What `capstan node-labels` reports about this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Static labels, e.g. `{ "disktype" = "ssd" }`; they win over discovered ones.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where device nodes, procfs and sysfs are looked at for GPUs and disks (`/`).
+    pub host_root: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { labels: Default::default(), host_root: "/".into() }
+    }
+}
+
+/// How allocated GPUs reach a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllocateMode {
+    /// CDI names when a CDI spec defines `nvidia.com/gpu=<index>`, else device specs.
+    #[default]
+    Auto,
+    /// CDI device names only (`nvidia.com/gpu=<index>`).
+    Cdi,
+    /// Device nodes only (`/dev/nvidia<index>` plus the control nodes).
+    DeviceSpecs,
+}
+
+/// The built-in kubelet device plugin for NVIDIA GPUs (resource `nvidia.com/gpu`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicePluginConfig {
+    /// Serve the plugin; it stays off anyway while no GPU is found.
+    pub enabled: bool,
+    /// Kubelet's device-plugin directory (holds `kubelet.sock`).
+    pub dir: PathBuf,
+    pub allocate: AllocateMode,
+}
+
+impl Default for DevicePluginConfig {
+    fn default() -> Self {
+        DevicePluginConfig {
+            enabled: true,
+            dir: cri_proto::deviceplugin::v1beta1::DEVICE_PLUGIN_PATH.into(),
+            allocate: AllocateMode::Auto,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,6 +202,9 @@ impl Default for Config {
             images: ImagesConfig::default(),
             metrics: MetricsConfig::default(),
             streaming: StreamingConfig::default(),
+            cdi: CdiConfig::default(),
+            node: NodeConfig::default(),
+            device_plugin: DevicePluginConfig::default(),
         }
     }
 }
@@ -196,6 +266,7 @@ impl Config {
                 return Err(format!("{key} must be an absolute path, got {:?}", path.display()));
             }
         }
+        crate::node::labels::validate_all(&self.node.labels).map_err(|e| format!("node.labels: {e}"))?;
         if self.images.max_concurrent_downloads == 0 {
             return Err("images.max_concurrent_downloads must be at least 1".into());
         }
@@ -219,6 +290,7 @@ impl Config {
                 insecure_registries: self.images.insecure_registries.clone(),
                 max_concurrent_downloads: self.images.max_concurrent_downloads,
             },
+            cdi_spec_dirs: self.cdi.spec_dirs.clone(),
         }
     }
 }
@@ -273,6 +345,21 @@ mod tests {
             let err = Config::parse(&format!("[streaming]\n{bad}\n"), Path::new("c")).unwrap_err().to_string();
             assert!(err.contains("streaming."), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn gpu_and_label_sections_parse_and_bad_labels_are_refused() {
+        let c = Config::parse(
+            "[node]\nlabels = { \"disktype\" = \"ssd\" }\nhost_root = \"/tmp/fake\"\n\
+             [cdi]\nspec_dirs = [\"/x\"]\n[device_plugin]\nallocate = \"device-specs\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.node.labels.get("disktype").map(String::as_str), Some("ssd"));
+        assert_eq!(c.runtime_options().cdi_spec_dirs, vec![PathBuf::from("/x")]);
+        assert_eq!(c.device_plugin.allocate, AllocateMode::DeviceSpecs);
+        let err = Config::parse("[node]\nlabels = { \"bad key!\" = \"x\" }\n", Path::new("c")).unwrap_err();
+        assert!(err.to_string().contains("bad key!"), "{err}");
     }
 
     #[test]

@@ -72,7 +72,10 @@ impl Runtime {
             host: crate::spec::HostFacts::get(),
             pids_limit: None,
         };
-        crate::spec::build_container_spec(&input)
+        let mut spec = crate::spec::build_container_spec(&input)?;
+        let cdi_devices = crate::spec::cdi::requested_devices(ctx.config, &pod.config)?;
+        crate::spec::cdi::inject(&mut spec, &cdi_devices, &self.options().cdi_spec_dirs)?;
+        Ok(spec)
     }
 }
 

@@ -10,10 +10,11 @@
 //! Mapped from CRI: command/args/env/working dir, tty, users and groups, capabilities,
 //! privileged, `readonly_rootfs`, `no_new_privs`, masked/readonly paths, seccomp, mounts,
 //! devices, resources, `oom_score_adj`, namespaces, sysctls. Ignored on purpose: AppArmor
-//! (not on this host), SELinux options and relabelling (no SELinux), CDI devices (the caller
-//! applies CDI edits), Windows fields.
+//! (not on this host), SELinux options and relabelling (no SELinux), Windows fields. CDI
+//! devices are applied afterwards by [`cdi`], which reads the node's CDI spec files.
 
 pub mod capabilities;
+pub mod cdi;
 pub mod devices;
 mod host;
 pub mod mounts;
