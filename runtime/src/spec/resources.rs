@@ -5,6 +5,13 @@
 //! become limits. Memory without a swap request gets swap equal to the limit, i.e. no swap,
 //! as kubelet expects; that is only written where the kernel accounts swap, because
 //! libcontainer fails on a missing `memory.memsw.limit_in_bytes`.
+//!
+//! The OCI values keep CRI's v1 meaning on a cgroup v2 host too: libcgroups converts them when
+//! it writes the v2 files, so nothing is converted here (twice would be wrong). Shares become
+//! `cpu.weight` by runc's (≥ 1.3.2) mapping that keeps 1024 ↔ 100; the memory+swap limit
+//! becomes `memory.swap.max` = swap − memory; quota and period become `cpu.max`. `unified`
+//! entries are written last, as given, so they win over the converted values (kubelet sets
+//! `memory.swap.max` that way on v2).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,6 +40,9 @@ pub fn container_resources(
             return Err(Error::InvalidArgument(
                 "resources.unified needs a cgroup v2 host; this host uses cgroup v1 controllers".into(),
             ));
+        }
+        for key in r.unified.keys() {
+            check_unified_key(key)?;
         }
         out.set_unified(Some(r.unified.clone().into_iter().collect()));
     }
@@ -159,6 +169,24 @@ pub fn oom_score_adj(r: Option<&v1::LinuxContainerResources>, host: &HostFacts) 
     Ok(Some(host.oom_score_adj_min))
 }
 
+/// A `unified` key names a file in the container's own cgroup directory (`pids.max`,
+/// `memory.high`): a path would write elsewhere in the hierarchy, and the `cgroup.*` core
+/// files move processes or change the tree rather than set a limit.
+fn check_unified_key(key: &str) -> Result<()> {
+    let refuse = |why: &str| Err(Error::InvalidArgument(format!("resources.unified key {key:?} {why}")));
+    let Some((controller, name)) = key.split_once('.') else {
+        return refuse("is not a cgroup v2 interface file like \"pids.max\"");
+    };
+    if controller.is_empty() || name.is_empty() || key.contains('/') || key.contains('\0') {
+        return refuse("is not a cgroup v2 interface file like \"pids.max\"");
+    }
+    // cgroup.max.depth and cgroup.max.descendants are limits; the other core files are not.
+    if controller == "cgroup" && !name.starts_with("max.") {
+        return refuse("is a core cgroup file, not a resource limit");
+    }
+    Ok(())
+}
+
 fn invalid(field: &str, value: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{field} {value} is out of range"))
 }
@@ -250,6 +278,12 @@ mod tests {
             ..Default::default()
         };
         assert!(container_resources(Some(&bad), &host(true, true, 0), None).is_err());
+        for key in ["../../x.max", "pids.max/../../y", "cgroup.procs", "cgroup.subtree_control", "memory", ".max", "pids."] {
+            let bad = v1::LinuxContainerResources { unified: [(key.to_string(), "1".to_string())].into(), ..Default::default() };
+            assert!(matches!(container_resources(Some(&bad), &host(true, true, 0), None), Err(Error::InvalidArgument(m)) if m.contains("unified")), "{key}");
+        }
+        let depth = v1::LinuxContainerResources { unified: [("cgroup.max.depth".to_string(), "2".to_string())].into(), ..Default::default() };
+        assert!(container_resources(Some(&depth), &host(true, true, 0), None).is_ok());
         let huge_limit = v1::LinuxContainerResources {
             hugepage_limits: vec![v1::HugepageLimit { page_size: "1GB".into(), limit: u64::MAX }],
             ..Default::default()
