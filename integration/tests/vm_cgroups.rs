@@ -240,7 +240,7 @@ impl Drop for Env {
 }
 
 /// What the test checks of one running pod: the infra process in `<parent>/<pod id>`, each
-/// container's init in `<parent>/<container id>` and nothing else there; returns the parent.
+/// container's init in `<parent>/<container id>`, nothing else there, and the status calls.
 async fn check_placement(env: &mut Env, pod: &str, containers: &[&str], want_parent: &str) {
     let (status, info) = env.pod_status(pod).await;
     assert_eq!(status.state, v1::PodSandboxState::SandboxReady as i32, "{status:?}");
@@ -289,6 +289,10 @@ async fn pod_cgroups_go_under_the_parent_and_only_capstans_are_removed() {
     let c1 = env.run(&pod, "one", "sleep 3600", None).await;
     let c2 = env.run(&pod, "two", "sleep 3600", None).await;
     check_placement(&mut env, &pod.0, &[&c1, &c2], &parent).await;
+    // RemoveContainer takes the container's cgroup with it; the pod's stay.
+    env.rt.remove_container(v1::RemoveContainerRequest { container_id: c2.clone() }).await.expect("RemoveContainer");
+    assert!(!dir(&format!("{parent}/{c2}")).exists(), "{c2}'s cgroup outlived RemoveContainer");
+    check_placement(&mut env, &pod.0, &[&c1], &parent).await;
     env.remove_pod(&pod.0).await;
     assert!(dir(&parent).is_dir(), "kubelet's pod cgroup was removed");
     assert!(subdirs(&dir(&parent)).is_empty(), "cgroups left under {parent}: {:?}", subdirs(&dir(&parent)));

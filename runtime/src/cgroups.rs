@@ -6,6 +6,12 @@
 //! a client gives none, the pod gets `/capstan/<pod id>`. libcontainer creates container
 //! cgroups (with every missing ancestor) and removes the leaf on delete; the ancestors the
 //! runtime caused to exist are removed here when the pod goes.
+//!
+//! On cgroup v2, libcgroups also enables every controller of the root in the
+//! `cgroup.subtree_control` of each ancestor on the way down (idempotent where kubelet did it
+//! already), so the leaves get `memory.max`, `cpu.max`, `pids.max`... The v2 rule that a
+//! cgroup with enabled controllers holds no processes is kept by the layout: processes only
+//! live in the leaves (`<parent>/<pod id>`, `<parent>/<container id>`).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -118,16 +124,18 @@ fn validate(cgroup_parent: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// Where the unified hierarchy is on a v2 host: where libcgroups creates cgroups.
+const V2_ROOT: &str = "/sys/fs/cgroup";
+
 /// Mount points of every cgroup hierarchy the runtime uses: each v1 controller mount, or
-/// the one v2 mount.
+/// the v2 root libcgroups works in (other cgroup2 mounts, e.g. bind mounts, are not ours).
 pub fn hierarchies() -> Result<Vec<PathBuf>> {
+    if version()? == Version::V2 {
+        return Ok(vec![PathBuf::from(V2_ROOT)]);
+    }
     let mountinfo = "/proc/self/mountinfo";
     let text = std::fs::read_to_string(mountinfo).map_err(Error::io("cannot read", mountinfo))?;
-    let want = match version()? {
-        Version::V1 => "cgroup",
-        Version::V2 => "cgroup2",
-    };
-    Ok(parse_hierarchies(&text, want))
+    Ok(parse_hierarchies(&text, "cgroup"))
 }
 
 fn parse_hierarchies(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
@@ -145,7 +153,7 @@ fn parse_hierarchies(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
 pub fn memory_dir(cgroup: &Path) -> Result<PathBuf> {
     let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
     match version()? {
-        Version::V2 => Ok(Path::new("/sys/fs/cgroup").join(rel)),
+        Version::V2 => Ok(Path::new(V2_ROOT).join(rel)),
         Version::V1 => {
             let mount = libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
                 .map_err(|e| Error::Internal(format!("no v1 memory controller mounted: {e}")))?;

@@ -21,6 +21,8 @@ use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, Li
 use super::HostFacts;
 use crate::{Error, Result};
 
+const SWAP_MAX: &str = "memory.swap.max";
+
 /// cgroup limits of the container. `pids_limit` comes from the runtime's configuration
 /// (CRI has no per-container pids field).
 pub fn container_resources(
@@ -32,20 +34,27 @@ pub fn container_resources(
     let r = r.unwrap_or(&default);
     let mut out = LinuxResources::default();
     out.set_cpu(cpu(r)?);
-    out.set_memory(memory(r, host)?);
+    let memory = memory(r, host)?;
+    let no_swap = memory.as_ref().is_some_and(|m| m.limit().is_some() && m.swap() == m.limit());
+    out.set_memory(memory);
     let hugepages = hugepages(&r.hugepage_limits)?;
     out.set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages));
-    if !r.unified.is_empty() {
-        if !host.cgroup_v2 {
-            return Err(Error::InvalidArgument(
-                "resources.unified needs a cgroup v2 host; this host uses cgroup v1 controllers".into(),
-            ));
-        }
-        for key in r.unified.keys() {
-            check_unified_key(key)?;
-        }
-        out.set_unified(Some(r.unified.clone().into_iter().collect()));
+    if !r.unified.is_empty() && !host.cgroup_v2 {
+        return Err(Error::InvalidArgument(
+            "resources.unified needs a cgroup v2 host; this host uses cgroup v1 controllers".into(),
+        ));
     }
+    for key in r.unified.keys() {
+        check_unified_key(key)?;
+    }
+    let mut unified: std::collections::HashMap<String, String> = r.unified.clone().into_iter().collect();
+    // Swap equal to the limit means no swap, i.e. `memory.swap.max` 0 on v2; libcgroups
+    // skips a computed 0 as "unset" and would leave the kernel's "max". A value the client
+    // gave in `unified` stays (kubelet's LimitedSwap sets it there).
+    if host.cgroup_v2 && no_swap {
+        unified.entry(SWAP_MAX.to_string()).or_insert_with(|| "0".to_string());
+    }
+    out.set_unified((!unified.is_empty()).then_some(unified));
     match pids_limit {
         Some(limit) if limit > 0 => {
             let mut pids = LinuxPids::default();
@@ -257,6 +266,15 @@ mod tests {
         let with_swap = v1::LinuxContainerResources { memory_swap_limit_in_bytes: 128 << 20, ..r.clone() };
         let mem = container_resources(Some(&with_swap), &host(true, true, 0), None).unwrap().memory().unwrap();
         assert_eq!(mem.swap(), Some(128 << 20));
+        // v2: no swap is written explicitly (libcgroups would skip swap − limit = 0).
+        let out = container_resources(Some(&r), &host(true, true, 0), None).unwrap();
+        assert_eq!(out.unified().as_ref().unwrap()[SWAP_MAX], "0");
+        assert_eq!(container_resources(Some(&with_swap), &host(true, true, 0), None).unwrap().unified(), &None);
+        assert_eq!(container_resources(Some(&r), &host(true, false, 0), None).unwrap().unified(), &None);
+        assert_eq!(container_resources(Some(&r), &host(false, true, 0), None).unwrap().unified(), &None);
+        let limited_swap = v1::LinuxContainerResources { unified: [(SWAP_MAX.to_string(), "1048576".to_string())].into(), ..r.clone() };
+        let out = container_resources(Some(&limited_swap), &host(true, true, 0), None).unwrap();
+        assert_eq!(out.unified().as_ref().unwrap()[SWAP_MAX], "1048576");
         let less = v1::LinuxContainerResources { memory_swap_limit_in_bytes: 1 << 20, ..r };
         assert!(container_resources(Some(&less), &host(true, true, 0), None).is_err());
     }
