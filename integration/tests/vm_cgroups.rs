@@ -67,6 +67,13 @@ fn procs(cgroup: &str) -> Vec<i64> {
     file(cgroup, "cgroup.procs").lines().map(|l| l.parse().unwrap()).collect()
 }
 
+/// The end of the daemon's log: all of it at debug level would flood the guest's console.
+fn log_tail(daemon: &Daemon) -> String {
+    let log = daemon.log();
+    let start = log.char_indices().rev().nth(16 * 1024).map_or(0, |(i, _)| i);
+    log[start..].to_string()
+}
+
 /// Cgroups a test made as kubelet would (parents with controllers enabled for children);
 /// removed on drop, deepest first, whatever the test's outcome.
 struct KubeletCgroups {
@@ -128,8 +135,8 @@ impl Env {
         Env { pods: Vec::new(), rt, daemon, _registry: registry, busybox }
     }
 
-    async fn pod(&mut self, name: &str, cgroup_parent: &str) -> (String, v1::PodSandboxConfig) {
-        let config = v1::PodSandboxConfig {
+    fn pod_config(&self, name: &str, cgroup_parent: &str) -> v1::PodSandboxConfig {
+        v1::PodSandboxConfig {
             metadata: Some(v1::PodSandboxMetadata {
                 name: name.into(),
                 uid: format!("uid-{name}"),
@@ -140,11 +147,15 @@ impl Env {
             log_directory: self.daemon.scratch().join("logs").join(name).display().to_string(),
             linux: Some(v1::LinuxPodSandboxConfig { cgroup_parent: cgroup_parent.into(), ..Default::default() }),
             ..Default::default()
-        };
+        }
+    }
+
+    async fn pod(&mut self, name: &str, cgroup_parent: &str) -> (String, v1::PodSandboxConfig) {
+        let config = self.pod_config(name, cgroup_parent);
         let request = v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
         let id = match self.rt.run_pod_sandbox(request).await {
             Ok(r) => r.into_inner().pod_sandbox_id,
-            Err(e) => panic!("RunPodSandbox {name}: {e}\n{}", self.daemon.log()),
+            Err(e) => panic!("RunPodSandbox {name}: {e}\n{}", log_tail(&self.daemon)),
         };
         self.pods.push(id.clone());
         (id, config)
@@ -162,10 +173,10 @@ impl Env {
         let request = v1::CreateContainerRequest { pod_sandbox_id: pod.0.clone(), config: Some(config), sandbox_config: Some(pod.1.clone()) };
         let id = match self.rt.create_container(request).await {
             Ok(r) => r.into_inner().container_id,
-            Err(e) => panic!("CreateContainer {name}: {e}\n{}", self.daemon.log()),
+            Err(e) => panic!("CreateContainer {name}: {e}\n{}", log_tail(&self.daemon)),
         };
         if let Err(e) = self.rt.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
-            panic!("StartContainer {name}: {e}\n{}", self.daemon.log());
+            panic!("StartContainer {name}: {e}\n{}", log_tail(&self.daemon));
         }
         id
     }
@@ -205,7 +216,7 @@ impl Env {
             if log.contains(needle) {
                 return log;
             }
-            assert!(Instant::now() < deadline, "{name} never logged {needle:?}; log:\n{log}\ndaemon:\n{}", self.daemon.log());
+            assert!(Instant::now() < deadline, "{name} never logged {needle:?}; log:\n{log}\ndaemon:\n{}", log_tail(&self.daemon));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -326,6 +337,20 @@ async fn pod_cgroups_go_under_the_parent_and_only_capstans_are_removed() {
     assert!(!dir(&format!("/{kube_root}")).exists());
 }
 
+/// The huge page sizes this kernel offers, spelled as kubelet does (`2MB`, `1GB`).
+fn hugepage_sizes() -> Vec<String> {
+    let sizes = std::fs::read_dir("/sys/kernel/mm/hugepages").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    sizes
+        .iter()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse::<u64>().ok())
+        .map(|kb| match kb {
+            kb if kb % (1 << 20) == 0 => format!("{}GB", kb >> 20),
+            kb if kb % (1 << 10) == 0 => format!("{}MB", kb >> 10),
+            kb => format!("{kb}KB"),
+        })
+        .collect()
+}
+
 /// runc's (≥ 1.3.2, opencontainers/cgroups ≥ 0.0.3) and Kubernetes' current mapping of cgroup
 /// v1 shares [2, 262144] onto v2 weight [1, 10000], keeping 1024 ↔ 100.
 fn weight_of_shares(shares: u64) -> u64 {
@@ -359,7 +384,14 @@ async fn cri_resources_land_in_the_v2_files() {
         ..Default::default()
     };
     let full = env.run(&pod, "full", "sleep 3600", Some(limits)).await;
-    let plain = v1::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, cpu_shares: 512, ..Default::default() };
+    // kubelet's shape for a container without hugepages: every size the node has, limit 0.
+    let sizes = if hugetlb { hugepage_sizes() } else { Vec::new() };
+    let plain = v1::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        cpu_shares: 512,
+        hugepage_limits: sizes.iter().map(|s| v1::HugepageLimit { page_size: s.clone(), limit: 0 }).collect(),
+        ..Default::default()
+    };
     let plain = env.run(&pod, "plain", "sleep 3600", Some(plain)).await;
     let cg = |id: &str| format!("/capstan/{}/{id}", pod.0);
 
@@ -373,6 +405,9 @@ async fn cri_resources_land_in_the_v2_files() {
     }
     if hugetlb {
         assert_eq!(file(&cg(&full), "hugetlb.2MB.max"), (4u64 << 20).to_string());
+        for size in &sizes {
+            assert_eq!(file(&cg(&plain), &format!("hugetlb.{size}.max")), "0", "{size}");
+        }
     }
     assert_eq!(file(&cg(&plain), "memory.max"), (32u64 << 20).to_string());
     assert_eq!(file(&cg(&plain), "cpu.weight"), weight_of_shares(512).to_string());
@@ -431,7 +466,7 @@ async fn exceeding_memory_max_is_reported_as_oom_killed() {
     let c = env.run(&pod, "hog", "head -c 64m /dev/zero | tail", Some(resources)).await;
     let cgroup = format!("/capstan/{}/{c}", pod.0);
     let s = env.wait_exited(&c).await;
-    assert_eq!((s.reason.as_str(), s.exit_code), ("OOMKilled", 137), "{s:?}\ndaemon:\n{}", env.daemon.log());
+    assert_eq!((s.reason.as_str(), s.exit_code), ("OOMKilled", 137), "{s:?}\ndaemon:\n{}", log_tail(&env.daemon));
     assert!(s.finished_at >= s.started_at && s.started_at > 0, "{s:?}");
     // The exited container's cgroup stays until RemoveContainer: the kernel's own count.
     let events = file(&cgroup, "memory.events");
@@ -454,4 +489,53 @@ async fn exceeding_memory_max_is_reported_as_oom_killed() {
     assert_eq!((s.reason.as_str(), s.exit_code), ("Error", 3), "{s:?}");
     env.remove_pod(&pod.0).await;
     assert!(!dir(&format!("/capstan/{}", pod.0)).exists());
+}
+
+/// Pods without a parent share `/capstan`: the first ones to start race to create it, the
+/// last ones to go race to remove it while others start. Every start must still succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_sharing_the_default_parent_start_and_go_concurrently() {
+    if skip("concurrent") {
+        return;
+    }
+    let mut env = Env::start().await;
+    let mut previous: Vec<String> = Vec::new();
+    for round in 0..5 {
+        // This round's pods start while the previous round's are removed.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..(if round < 4 { 6 } else { 0 }) {
+            let config = env.pod_config(&format!("crowd-{round}-{i}"), "");
+            let mut rt = env.rt.clone();
+            tasks.spawn(async move {
+                let r = rt.run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await;
+                (true, r.map(|r| r.into_inner().pod_sandbox_id).map_err(|e| e.message().to_string()))
+            });
+        }
+        for id in std::mem::take(&mut previous) {
+            let mut rt = env.rt.clone();
+            tasks.spawn(async move {
+                let r = rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await;
+                (false, r.map(|_| id).map_err(|e| e.message().to_string()))
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined.unwrap() {
+                (true, Ok(id)) => {
+                    env.pods.push(id.clone());
+                    previous.push(id);
+                }
+                (false, Ok(id)) => {
+                    env.pods.retain(|p| p != &id);
+                    assert!(!dir(&format!("/capstan/{id}")).exists(), "/capstan/{id} is left behind");
+                }
+                (started, Err(e)) => failures.push(format!("{}: {e}", if started { "RunPodSandbox" } else { "RemovePodSandbox" })),
+            }
+        }
+        assert!(failures.is_empty(), "round {round}: {failures:#?}\ndaemon:\n{}", log_tail(&env.daemon));
+        for id in &previous {
+            let infra = dir(&format!("/capstan/{id}/{id}"));
+            assert!(infra.join("cgroup.procs").exists(), "{}", infra.display());
+        }
+    }
 }

@@ -176,6 +176,63 @@ fn parse_oom_kill(text: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok())
 }
 
+/// Moves `pid` into `cgroup`, creating it first. On v2 the directories are made here, not by
+/// libcgroups: its check-then-mkdir fails when another pod creates a shared parent
+/// (`/capstan`) at the same moment, while `create_dir_all` takes that in its stride, and a
+/// shared parent that a departing pod removes in between is simply made again.
+pub fn join(cgroup: &Path, pid: nix::unistd::Pid) -> Result<()> {
+    use libcgroups::common::CgroupManager;
+    if version()? == Version::V2 {
+        create_v2(cgroup)?;
+    }
+    let failed = |e: &dyn std::fmt::Display| Error::Internal(format!("cannot move {pid} into cgroup {}: {e}", cgroup.display()));
+    let manager = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+        cgroup_path: cgroup.to_path_buf(),
+        systemd_cgroup: false,
+        container_name: String::new(),
+    })
+    .map_err(|e| failed(&e))?;
+    manager.add_task(pid).map_err(|e| failed(&e))
+}
+
+/// `mkdir -p` of `cgroup` in the v2 hierarchy, then every ancestor of the leaf hands its
+/// controllers down (the leaf holds processes, so it enables none).
+fn create_v2(cgroup: &Path) -> Result<()> {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let full = Path::new(V2_ROOT).join(rel);
+    let mut attempts = 0;
+    loop {
+        match std::fs::create_dir_all(&full) {
+            Ok(()) => break,
+            // A departing pod removed an empty shared parent between two mkdirs.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+            Err(e) => return Err(Error::Io { context: "cannot create cgroup", path: full, source: e }),
+        }
+    }
+    let mut dir = PathBuf::from(V2_ROOT);
+    enable_controllers(&dir);
+    let parents: Vec<_> = rel.parent().map(|p| p.components().collect()).unwrap_or_default();
+    for part in parents {
+        dir.push(part);
+        enable_controllers(&dir);
+    }
+    Ok(())
+}
+
+/// Enables in `dir/cgroup.subtree_control` each controller `dir` has and does not pass on
+/// yet; a parent that already does (kubelet's) is not written to. Failures are only logged:
+/// a limit that needs the controller then fails with the reason.
+fn enable_controllers(dir: &Path) {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let (available, enabled) = (read("cgroup.controllers"), read("cgroup.subtree_control"));
+    let enabled: Vec<&str> = enabled.split_whitespace().collect();
+    for controller in available.split_whitespace().filter(|c| !enabled.contains(c)) {
+        if let Err(e) = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")) {
+            tracing::debug!(dir = %dir.display(), controller, error = %e, "cannot enable cgroup controller for children");
+        }
+    }
+}
+
 /// SIGKILLs whatever still runs in `cgroup` and removes it (the leaf) from every hierarchy.
 /// For pods whose monitor is gone; errors are logged, cleanup goes on.
 pub fn kill_and_remove(cgroup: &Path) {
