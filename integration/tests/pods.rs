@@ -117,8 +117,9 @@ fn leftovers(needle: &str) -> Vec<String> {
             found.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
         }
     }
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let dir = hierarchy.path().join("capstan");
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten().map(|h| h.path());
+    for hierarchy in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(hierarchies) {
+        let dir = hierarchy.join("capstan");
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().contains(needle) {
@@ -128,6 +129,18 @@ fn leftovers(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// Whether the host has a pure cgroup v2 hierarchy (the VM lane) rather than v1 controllers.
+fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The directory of `cgroup` (relative) in the hierarchy of `controller` (v1), or in the one
+/// v2 hierarchy.
+fn cgroup_dir(controller: &str, cgroup: &str) -> PathBuf {
+    let root = Path::new("/sys/fs/cgroup");
+    if cgroup_v2() { root.join(cgroup) } else { root.join(controller).join(cgroup) }
 }
 
 fn assert_no_leftovers(daemon: &Daemon, pod: &str) {
@@ -178,7 +191,7 @@ async fn pod_lifecycle_namespaces_files_and_cleanup() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(mounts.lines().any(|l| l.contains(&format!("{}/shm", pod_dir.display())) && l.contains("tmpfs")), "no shm tmpfs");
     assert!(Path::new(&config.log_directory).is_dir(), "log dir created");
-    let infra_cgroup = Path::new("/sys/fs/cgroup/memory/capstan").join(&id).join(&id);
+    let infra_cgroup = cgroup_dir("memory", &format!("capstan/{id}/{id}"));
     assert!(infra_cgroup.join("cgroup.procs").exists(), "infra cgroup {}", infra_cgroup.display());
 
     // Stop: NotReady, namespaces released; idempotent.
@@ -192,7 +205,7 @@ async fn pod_lifecycle_namespaces_files_and_cleanup() {
     assert_eq!(err.code(), Code::NotFound);
     assert!(!Path::new(&config.log_directory).exists(), "log dir removed");
     assert!(!pod_dir.exists());
-    assert!(!Path::new("/sys/fs/cgroup/memory/capstan").join(&id).exists());
+    assert!(!cgroup_dir("memory", &format!("capstan/{id}")).exists());
     assert_no_leftovers(&daemon, &id);
 }
 
@@ -554,13 +567,20 @@ async fn oom_kill_and_cgroup_limits() {
     });
     let limited = env.run(&pod, limited).await;
     let cgroup = |ctrl: &str, file: &str| {
-        let path = Path::new("/sys/fs/cgroup").join(ctrl).join("capstan").join(&pod.0).join(&limited).join(file);
+        let path = cgroup_dir(ctrl, &format!("capstan/{}/{limited}", pod.0)).join(file);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
     };
-    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
-    assert_eq!(cgroup("cpu", "cpu.shares"), "512");
-    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
-    assert_eq!(cgroup("cpu", "cpu.cfs_period_us"), "100000");
+    if cgroup_v2() {
+        // Shares 512 → weight 59 (runc's mapping; integration/tests/vm_cgroups.rs has more).
+        assert_eq!(cgroup("memory", "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(cgroup("cpu", "cpu.weight"), "59");
+        assert_eq!(cgroup("cpu", "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(cgroup("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+        assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+        assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(cgroup("cpu", "cpu.cfs_period_us"), "100000");
+    }
 
     let mut hog = container("hog", &env.busybox, &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]);
     hog.linux.get_or_insert_with(Default::default).resources =
@@ -854,7 +874,7 @@ async fn a_dead_monitor_means_exited_containers_and_remove_still_cleans_up() {
     assert_eq!((s.reason.as_str(), s.exit_code), ("MonitorLost", 255), "{s:?}");
     assert!(s.message.contains("monitor"), "{s:?}");
     // The sleeper itself outlived its monitor; RemovePodSandbox (without Stop) kills it.
-    let cgroup = Path::new("/sys/fs/cgroup/pids/capstan").join(&pod.0).join(&c).join("cgroup.procs");
+    let cgroup = cgroup_dir("pids", &format!("capstan/{}/{c}", pod.0)).join("cgroup.procs");
     let procs = std::fs::read_to_string(&cgroup).unwrap_or_default();
     assert!(!procs.trim().is_empty(), "the container still runs: {}", cgroup.display());
     env.rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod.0.clone() }).await.unwrap();

@@ -8,7 +8,8 @@
 #   - integration/vm/tests/*.sh (the lane's own checks: cgroup v2, OOM kill, NFS, loop ext4)
 #   - the capstan-integration test targets named TARGET, by default every target whose name
 #     starts with `vm_` (integration/tests/vm_*.rs: the tests only the guest can run; they
-#     see CAPSTAN_VM=1 there)
+#     see CAPSTAN_VM=1 there). The host lane's `pods` also passes here but takes 7-8 min
+#     under TCG, so it is not in the default set: `lane.sh vm_cgroups pods` (see README.md)
 #   - integration/leftovers.sh, so nothing may be left behind in the guest either.
 # Exits with the guest tests' status; prints the test counts, boot time and lane time.
 #

@@ -6,6 +6,12 @@
 //! a client gives none, the pod gets `/capstan/<pod id>`. libcontainer creates container
 //! cgroups (with every missing ancestor) and removes the leaf on delete; the ancestors the
 //! runtime caused to exist are removed here when the pod goes.
+//!
+//! On cgroup v2, libcgroups also enables every controller of the root in the
+//! `cgroup.subtree_control` of each ancestor on the way down (idempotent where kubelet did it
+//! already), so the leaves get `memory.max`, `cpu.max`, `pids.max`... The v2 rule that a
+//! cgroup with enabled controllers holds no processes is kept by the layout: processes only
+//! live in the leaves (`<parent>/<pod id>`, `<parent>/<container id>`).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -118,16 +124,18 @@ fn validate(cgroup_parent: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// Where the unified hierarchy is on a v2 host: where libcgroups creates cgroups.
+const V2_ROOT: &str = "/sys/fs/cgroup";
+
 /// Mount points of every cgroup hierarchy the runtime uses: each v1 controller mount, or
-/// the one v2 mount.
+/// the v2 root libcgroups works in (other cgroup2 mounts, e.g. bind mounts, are not ours).
 pub fn hierarchies() -> Result<Vec<PathBuf>> {
+    if version()? == Version::V2 {
+        return Ok(vec![PathBuf::from(V2_ROOT)]);
+    }
     let mountinfo = "/proc/self/mountinfo";
     let text = std::fs::read_to_string(mountinfo).map_err(Error::io("cannot read", mountinfo))?;
-    let want = match version()? {
-        Version::V1 => "cgroup",
-        Version::V2 => "cgroup2",
-    };
-    Ok(parse_hierarchies(&text, want))
+    Ok(parse_hierarchies(&text, "cgroup"))
 }
 
 fn parse_hierarchies(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
@@ -145,7 +153,7 @@ fn parse_hierarchies(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
 pub fn memory_dir(cgroup: &Path) -> Result<PathBuf> {
     let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
     match version()? {
-        Version::V2 => Ok(Path::new("/sys/fs/cgroup").join(rel)),
+        Version::V2 => Ok(Path::new(V2_ROOT).join(rel)),
         Version::V1 => {
             let mount = libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
                 .map_err(|e| Error::Internal(format!("no v1 memory controller mounted: {e}")))?;
@@ -166,6 +174,63 @@ pub fn oom_kill_count(cgroup: &Path) -> Option<u64> {
 
 fn parse_oom_kill(text: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Moves `pid` into `cgroup`, creating it first. On v2 the directories are made here, not by
+/// libcgroups: its check-then-mkdir fails when another pod creates a shared parent
+/// (`/capstan`) at the same moment, while `create_dir_all` takes that in its stride, and a
+/// shared parent that a departing pod removes in between is simply made again.
+pub fn join(cgroup: &Path, pid: nix::unistd::Pid) -> Result<()> {
+    use libcgroups::common::CgroupManager;
+    if version()? == Version::V2 {
+        create_v2(Path::new(V2_ROOT), cgroup)?;
+    }
+    let failed = |e: &dyn std::fmt::Display| Error::Internal(format!("cannot move {pid} into cgroup {}: {e}", cgroup.display()));
+    let manager = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+        cgroup_path: cgroup.to_path_buf(),
+        systemd_cgroup: false,
+        container_name: String::new(),
+    })
+    .map_err(|e| failed(&e))?;
+    manager.add_task(pid).map_err(|e| failed(&e))
+}
+
+/// `mkdir -p` of `cgroup` in the v2 hierarchy at `root`, then every ancestor of the leaf
+/// hands its controllers down (the leaf holds processes, so it enables none).
+fn create_v2(root: &Path, cgroup: &Path) -> Result<()> {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let full = root.join(rel);
+    let mut attempts = 0;
+    loop {
+        match std::fs::create_dir_all(&full) {
+            Ok(()) => break,
+            // A departing pod removed an empty shared parent between two mkdirs.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+            Err(e) => return Err(Error::Io { context: "cannot create cgroup", path: full, source: e }),
+        }
+    }
+    let mut dir = root.to_path_buf();
+    enable_controllers(&dir);
+    let parents: Vec<_> = rel.parent().map(|p| p.components().collect()).unwrap_or_default();
+    for part in parents {
+        dir.push(part);
+        enable_controllers(&dir);
+    }
+    Ok(())
+}
+
+/// Enables in `dir/cgroup.subtree_control` each controller `dir` has and does not pass on
+/// yet; a parent that already does (kubelet's) is not written to. Failures are only logged:
+/// a limit that needs the controller then fails with the reason.
+fn enable_controllers(dir: &Path) {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let (available, enabled) = (read("cgroup.controllers"), read("cgroup.subtree_control"));
+    let enabled: Vec<&str> = enabled.split_whitespace().collect();
+    for controller in available.split_whitespace().filter(|c| !enabled.contains(c)) {
+        if let Err(e) = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")) {
+            tracing::debug!(dir = %dir.display(), controller, error = %e, "cannot enable cgroup controller for children");
+        }
+    }
 }
 
 /// SIGKILLs whatever still runs in `cgroup` and removes it (the leaf) from every hierarchy.
@@ -204,6 +269,51 @@ mod tests {
         assert_eq!(parse_hierarchies(mi, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
     }
 
+    /// Pods starting together create the shared parent together: each must get its cgroup.
+    /// (libcgroups 0.7's own v2 creation failed 63 of 1600 such calls here with EEXIST.)
+    #[test]
+    fn concurrent_v2_creation_of_a_shared_parent_never_fails() {
+        let root = tempfile::tempdir().unwrap();
+        for round in 0..60 {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let (root, barrier) = (root.path().to_path_buf(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        create_v2(&root, Path::new(&format!("/shared{round}/pod{i}/infra")))
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap();
+            }
+            for i in 0..8 {
+                assert!(root.path().join(format!("shared{round}/pod{i}/infra")).is_dir());
+            }
+        }
+    }
+
+    /// Controllers are handed down by every ancestor of the leaf, and only those missing.
+    #[test]
+    fn v2_parents_pass_their_controllers_down() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("kube/pod")).unwrap();
+        for (dir, controllers) in [("", "cpu memory pids"), ("kube", "cpu memory pids"), ("kube/pod", "cpu memory")] {
+            std::fs::write(r.join(dir).join("cgroup.controllers"), controllers).unwrap();
+        }
+        // A parent that already passes everything on (kubelet's) is not written to.
+        std::fs::write(r.join("kube/cgroup.subtree_control"), "cpu memory pids").unwrap();
+        create_v2(r, Path::new("/kube/pod/leaf")).unwrap();
+        assert!(r.join("kube/pod/leaf").is_dir());
+        // A plain file keeps the last write, as cgroupfs would not: enough to see what was written.
+        assert_eq!(std::fs::read_to_string(r.join("cgroup.subtree_control")).unwrap(), "+pids");
+        assert_eq!(std::fs::read_to_string(r.join("kube/cgroup.subtree_control")).unwrap(), "cpu memory pids");
+        assert_eq!(std::fs::read_to_string(r.join("kube/pod/cgroup.subtree_control")).unwrap(), "+memory");
+        assert!(!r.join("kube/pod/leaf/cgroup.subtree_control").exists(), "the leaf enables nothing");
+    }
+
     #[test]
     fn parents_are_validated_and_defaulted() {
         let p = PodCgroups::plan(CgroupDriver::Cgroupfs, "", "abc").unwrap();
@@ -215,3 +325,4 @@ mod tests {
         assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
     }
 }
+

@@ -109,14 +109,7 @@ impl Infra {
 }
 
 fn join_cgroup(cgroup: &Path, pid: Pid) -> Result<(), InfraError> {
-    use libcgroups::common::CgroupManager;
-    let manager = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
-        cgroup_path: cgroup.to_path_buf(),
-        systemd_cgroup: false,
-        container_name: String::new(),
-    })
-    .map_err(|e| InfraError::Cgroup { path: cgroup.to_path_buf(), message: e.to_string() })?;
-    manager.add_task(pid).map_err(|e| InfraError::Cgroup { path: cgroup.to_path_buf(), message: e.to_string() })
+    crate::cgroups::join(cgroup, pid).map_err(|e| InfraError::Cgroup { path: cgroup.to_path_buf(), message: e.to_string() })
 }
 
 

@@ -5,6 +5,13 @@
 //! become limits. Memory without a swap request gets swap equal to the limit, i.e. no swap,
 //! as kubelet expects; that is only written where the kernel accounts swap, because
 //! libcontainer fails on a missing `memory.memsw.limit_in_bytes`.
+//!
+//! The OCI values keep CRI's v1 meaning on a cgroup v2 host too: libcgroups converts them when
+//! it writes the v2 files, so nothing is converted here (twice would be wrong). Shares become
+//! `cpu.weight` by runc's (≥ 1.3.2) mapping that keeps 1024 ↔ 100; the memory+swap limit
+//! becomes `memory.swap.max` = swap − memory; quota and period become `cpu.max`. `unified`
+//! entries are written last, as given, so they win over the converted values (kubelet sets
+//! `memory.swap.max` that way on v2).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,6 +20,8 @@ use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, Li
 
 use super::HostFacts;
 use crate::{Error, Result};
+
+const SWAP_MAX: &str = "memory.swap.max";
 
 /// cgroup limits of the container. `pids_limit` comes from the runtime's configuration
 /// (CRI has no per-container pids field).
@@ -25,17 +34,27 @@ pub fn container_resources(
     let r = r.unwrap_or(&default);
     let mut out = LinuxResources::default();
     out.set_cpu(cpu(r)?);
-    out.set_memory(memory(r, host)?);
+    let memory = memory(r, host)?;
+    let no_swap = memory.as_ref().is_some_and(|m| m.limit().is_some() && m.swap() == m.limit());
+    out.set_memory(memory);
     let hugepages = hugepages(&r.hugepage_limits)?;
     out.set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages));
-    if !r.unified.is_empty() {
-        if !host.cgroup_v2 {
-            return Err(Error::InvalidArgument(
-                "resources.unified needs a cgroup v2 host; this host uses cgroup v1 controllers".into(),
-            ));
-        }
-        out.set_unified(Some(r.unified.clone().into_iter().collect()));
+    if !r.unified.is_empty() && !host.cgroup_v2 {
+        return Err(Error::InvalidArgument(
+            "resources.unified needs a cgroup v2 host; this host uses cgroup v1 controllers".into(),
+        ));
     }
+    for key in r.unified.keys() {
+        check_unified_key(key)?;
+    }
+    let mut unified: std::collections::HashMap<String, String> = r.unified.clone().into_iter().collect();
+    // Swap equal to the limit means no swap, i.e. `memory.swap.max` 0 on v2; libcgroups
+    // skips a computed 0 as "unset" and would leave the kernel's "max". A value the client
+    // gave in `unified` stays (kubelet's LimitedSwap sets it there).
+    if host.cgroup_v2 && no_swap {
+        unified.entry(SWAP_MAX.to_string()).or_insert_with(|| "0".to_string());
+    }
+    out.set_unified((!unified.is_empty()).then_some(unified));
     match pids_limit {
         Some(limit) if limit > 0 => {
             let mut pids = LinuxPids::default();
@@ -159,6 +178,24 @@ pub fn oom_score_adj(r: Option<&v1::LinuxContainerResources>, host: &HostFacts) 
     Ok(Some(host.oom_score_adj_min))
 }
 
+/// A `unified` key names a file in the container's own cgroup directory (`pids.max`,
+/// `memory.high`): a path would write elsewhere in the hierarchy, and the `cgroup.*` core
+/// files move processes or change the tree rather than set a limit.
+fn check_unified_key(key: &str) -> Result<()> {
+    let refuse = |why: &str| Err(Error::InvalidArgument(format!("resources.unified key {key:?} {why}")));
+    let Some((controller, name)) = key.split_once('.') else {
+        return refuse("is not a cgroup v2 interface file like \"pids.max\"");
+    };
+    if controller.is_empty() || name.is_empty() || key.contains('/') || key.contains('\0') {
+        return refuse("is not a cgroup v2 interface file like \"pids.max\"");
+    }
+    // cgroup.max.depth and cgroup.max.descendants are limits; the other core files are not.
+    if controller == "cgroup" && !name.starts_with("max.") {
+        return refuse("is a core cgroup file, not a resource limit");
+    }
+    Ok(())
+}
+
 fn invalid(field: &str, value: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{field} {value} is out of range"))
 }
@@ -229,6 +266,15 @@ mod tests {
         let with_swap = v1::LinuxContainerResources { memory_swap_limit_in_bytes: 128 << 20, ..r.clone() };
         let mem = container_resources(Some(&with_swap), &host(true, true, 0), None).unwrap().memory().unwrap();
         assert_eq!(mem.swap(), Some(128 << 20));
+        // v2: no swap is written explicitly (libcgroups would skip swap − limit = 0).
+        let out = container_resources(Some(&r), &host(true, true, 0), None).unwrap();
+        assert_eq!(out.unified().as_ref().unwrap()[SWAP_MAX], "0");
+        assert_eq!(container_resources(Some(&with_swap), &host(true, true, 0), None).unwrap().unified(), &None);
+        assert_eq!(container_resources(Some(&r), &host(true, false, 0), None).unwrap().unified(), &None);
+        assert_eq!(container_resources(Some(&r), &host(false, true, 0), None).unwrap().unified(), &None);
+        let limited_swap = v1::LinuxContainerResources { unified: [(SWAP_MAX.to_string(), "1048576".to_string())].into(), ..r.clone() };
+        let out = container_resources(Some(&limited_swap), &host(true, true, 0), None).unwrap();
+        assert_eq!(out.unified().as_ref().unwrap()[SWAP_MAX], "1048576");
         let less = v1::LinuxContainerResources { memory_swap_limit_in_bytes: 1 << 20, ..r };
         assert!(container_resources(Some(&less), &host(true, true, 0), None).is_err());
     }
@@ -250,6 +296,12 @@ mod tests {
             ..Default::default()
         };
         assert!(container_resources(Some(&bad), &host(true, true, 0), None).is_err());
+        for key in ["../../x.max", "pids.max/../../y", "cgroup.procs", "cgroup.subtree_control", "memory", ".max", "pids."] {
+            let bad = v1::LinuxContainerResources { unified: [(key.to_string(), "1".to_string())].into(), ..Default::default() };
+            assert!(matches!(container_resources(Some(&bad), &host(true, true, 0), None), Err(Error::InvalidArgument(m)) if m.contains("unified")), "{key}");
+        }
+        let depth = v1::LinuxContainerResources { unified: [("cgroup.max.depth".to_string(), "2".to_string())].into(), ..Default::default() };
+        assert!(container_resources(Some(&depth), &host(true, true, 0), None).is_ok());
         let huge_limit = v1::LinuxContainerResources {
             hugepage_limits: vec![v1::HugepageLimit { page_size: "1GB".into(), limit: u64::MAX }],
             ..Default::default()
