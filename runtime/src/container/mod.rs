@@ -1,7 +1,10 @@
 //! Containers: one file per CRI call, the record store, and the seams to the image store
 //! and the OCI spec builder.
 
+mod attach;
 mod create;
+mod exec;
+pub mod exec_sync;
 mod list;
 pub mod prepare;
 mod remove;
@@ -10,4 +13,5 @@ pub mod status;
 mod stop;
 pub mod store;
 
+pub use exec_sync::ExecOutput;
 pub use store::{Container, ContainerRecord, ContainerStore};

@@ -19,7 +19,7 @@ use nix::unistd::{ForkResult, Pid};
 
 /// The container's standard streams as the monitor hands them over.
 pub enum Stdio {
-    /// Pipes: stdin reads /dev/null, stdout and stderr are write ends of the monitor's pipes.
+    /// Pipes (or /dev/null) the monitor holds the other ends of.
     Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
     /// A terminal: libcontainer sends the pty master over this console socket.
     Console { socket: PathBuf },
@@ -28,13 +28,26 @@ pub enum Stdio {
 /// Runs libcontainer's create for `id` (bundle at `bundle`, state under `root`) in a forked
 /// child; returns the pid of the container's init, which waits for [`start`].
 pub fn create(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
+    in_child(stdio, |stdio| build(root, id, bundle, stdio))
+}
+
+/// Starts `process` (an OCI process JSON file) in the running container `id` with
+/// libcontainer's tenant builder, in a forked child: it joins the container's namespaces
+/// and cgroup. Returns the new process' pid once it has exec'd; a failure to exec (say, no
+/// such command) is an error here.
+pub fn exec(root: &Path, id: &str, process: &Path, stdio: Stdio) -> Result<Pid, String> {
+    in_child(stdio, |stdio| build_tenant(root, id, process, stdio))
+}
+
+/// Runs `work` in a forked child and returns the pid it reports.
+fn in_child(stdio: Stdio, work: impl FnOnce(Stdio) -> Result<Pid, String>) -> Result<Pid, String> {
     let (result_r, result_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // Safety: the monitor is single-threaded, so the child may run arbitrary code.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(result_r);
             super::signals::reset_for_child();
-            let answer = match build(root, id, bundle, stdio) {
+            let answer = match work(stdio) {
                 Ok(pid) => format!("ok {pid}"),
                 Err(e) => e,
             };
@@ -66,14 +79,31 @@ pub fn create(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid,
     }
 }
 
-fn build(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
-    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+fn build_tenant(root: &Path, id: &str, process: &Path, stdio: Stdio) -> Result<Pid, String> {
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| chain(&e))?;
-    builder = match stdio {
+    let builder = with_stdio(builder, stdio);
+    builder
+        .as_tenant()
+        .with_process(Some(process))
+        .with_detach(true)
+        .build()
+        .map_err(|e| chain(&e))
+}
+
+fn with_stdio(builder: ContainerBuilder, stdio: Stdio) -> ContainerBuilder {
+    match stdio {
         Stdio::Pipes { stdin, stdout, stderr } => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
         Stdio::Console { socket } => builder.with_console_socket(Some(socket)),
-    };
+    }
+}
+
+fn build(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| chain(&e))?;
+    let builder = with_stdio(builder, stdio);
     let container = builder
         .validate_id()
         .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build())

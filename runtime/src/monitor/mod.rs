@@ -13,7 +13,9 @@
 //! restarted daemon), `monitor.sock`, `monitor.log` (its own log), `ns/{net,ipc,uts,pid}`
 //! (pinned namespaces), `youki/` (libcontainer state).
 
+mod attach;
 mod containers;
+mod exec;
 mod infra;
 mod launch;
 pub mod logs;
@@ -21,6 +23,7 @@ mod server;
 mod signals;
 
 pub mod client;
+pub mod session;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
