@@ -61,9 +61,12 @@ impl Monitor {
         process.set_terminal(Some(req.tty));
         process.set_console_size(None);
         let process_path = self.config.pod_dir.join(format!("exec-{conn}.json"));
-        crate::atomic::write_json(&process_path, &process).map_err(|e| internal(format!("cannot write the exec process: {e}")))?;
+        // A scratch file for the launcher only: no need for an atomic, synced write.
+        let json = serde_json::to_vec(&process).map_err(|e| internal(format!("cannot encode the exec process: {e}")))?;
+        std::fs::write(&process_path, json).map_err(|e| internal(format!("cannot write {}: {e}", process_path.display())))?;
         let started = self.launch_exec(conn, &req, &process_path);
         let _ = std::fs::remove_file(&process_path);
+        remove_tenant_sockets(&self.youki_root().join(&req.id));
         let (pid, stdin, outputs, terminal) = started?;
         let deadline = req.timeout_ms.filter(|ms| *ms > 0).map(|ms| Instant::now() + Duration::from_millis(ms));
         tracing::info!(container_id = %req.id, %pid, args = ?req.args, tty = req.tty, timeout_ms = ?req.timeout_ms, "exec started");
@@ -282,6 +285,20 @@ type ExecIo = (Pid, Option<File>, Vec<Output>, Option<File>);
 /// such command, not executable), so it is reported as such.
 fn exec_failed(message: String) -> Failure {
     (ErrorCode::FailedPrecondition, format!("cannot exec in the container: {message}"))
+}
+
+/// libcontainer's tenant builder leaves its per-exec notify (and console) socket in the
+/// container's state dir. Once the launcher is back none of them is in use (the monitor
+/// runs one launcher at a time), so they all go.
+fn remove_tenant_sockets(state_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tenant-") && name.ends_with(".sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// SIGKILL to the exec'd process' group (it is a session leader), and to itself in case it
