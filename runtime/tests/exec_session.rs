@@ -37,6 +37,9 @@ struct Opts {
     tty: bool,
     stdin: bool,
     stdin_once: bool,
+    /// A seccomp profile that refuses mkdir with EPERM.
+    no_mkdir: bool,
+    no_new_privs: bool,
 }
 
 impl Pod {
@@ -75,7 +78,13 @@ impl Pod {
         process.set_terminal(Some(opts.tty));
         process.set_env(Some(vec!["PATH=/bin".into(), "GREETING=hello from the spec".into()]));
         process.set_cwd("/srv".into());
+        process.set_no_new_privileges(opts.no_new_privs.then_some(true));
         spec.set_process(Some(process));
+        if opts.no_mkdir {
+            let mut linux = spec.linux().clone().unwrap();
+            linux.set_seccomp(Some(no_mkdir()));
+            spec.set_linux(Some(linux));
+        }
         spec.save(bundle.join("config.json")).unwrap();
         let request = CreateContainer {
             id: id.into(),
@@ -190,7 +199,7 @@ fn busybox_rootfs(root: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static installed");
-    for applet in ["sh", "echo", "sleep", "cat", "true", "stty", "pwd", "env", "tty", "printf", "head"] {
+    for applet in ["sh", "echo", "sleep", "cat", "true", "stty", "pwd", "env", "tty", "printf", "head", "mkdir", "grep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     root.to_path_buf()
@@ -223,6 +232,17 @@ fn spec(rootfs: &Path, args: &[&str], info: &MonitorInfo, cgroup: &Path) -> Spec
     linux.set_cgroups_path(Some(cgroup.to_path_buf()));
     spec.set_linux(Some(linux));
     spec
+}
+
+fn no_mkdir() -> oci_spec::runtime::LinuxSeccomp {
+    use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+    let refuse = LinuxSyscallBuilder::default()
+        .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(libc::EPERM as u32)
+        .build()
+        .unwrap();
+    LinuxSeccompBuilder::default().default_action(LinuxSeccompAction::ScmpActAllow).syscalls(vec![refuse]).build().unwrap()
 }
 
 const PIPES: StreamOptions = StreamOptions { tty: false, stdin: false, stdout: true, stderr: true };
@@ -455,6 +475,30 @@ async fn attach_to_a_terminal_container_resizes_it() {
     assert!(client::open_session(pod.path(), &request).await.is_err());
     stdin.write_all(b"exit 2\n").await.unwrap();
     assert_eq!(end_of(s).await, SessionEnd::Exited(2));
+    pod.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_keeps_the_container_seccomp_profile_and_capabilities() {
+    let pod = Pod::start().await;
+    for (id, no_new_privs) in [("plain", false), ("nnp", true)] {
+        pod.run(id, &["sleep", "1000"], Opts { no_mkdir: true, no_new_privs, ..Default::default() }).await;
+        let mut s = pod.exec(id, &["sh", "-c", "mkdir /srv/made && echo made"], PIPES).await.unwrap();
+        let (out, err) = tokio::join!(read_all(s.stdout.take()), read_all(s.stderr.take()));
+        assert_eq!(out, "", "mkdir must be refused in {id}: {err}");
+        assert!(err.contains("Operation not permitted"), "{id}: {err}");
+        assert_eq!(end_of(s).await, SessionEnd::Exited(1));
+        // The exec'd process has exactly the container's capabilities and no_new_privs.
+        let caps = "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs)' /proc/self/status; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs)' /proc/1/status";
+        let mut s = pod.exec(id, &["sh", "-c", caps], PIPES).await.unwrap();
+        let out = read_all(s.stdout.take()).await;
+        assert_eq!(end_of(s).await, SessionEnd::Exited(0));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 12, "{out}");
+        assert_eq!(lines[..6], lines[6..], "exec vs the container's init in {id}");
+        assert!(lines.contains(&if no_new_privs { "NoNewPrivs:\t1" } else { "NoNewPrivs:\t0" }), "{out}");
+        assert!(!lines.iter().any(|l| l.starts_with("CapEff") && l.ends_with("1fffffffff")), "{out}");
+    }
     pod.shutdown().await;
 }
 

@@ -31,6 +31,8 @@ pub struct Ctr {
     pub kill_deadline: Option<Instant>,
     /// The container's process as its spec gives it: the template of every exec.
     pub process: Option<oci_spec::runtime::Process>,
+    /// Its seccomp profile, which libcontainer's tenant builder would leave out of execs.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     pub tty: bool,
     /// Where attached stdin goes: the write end of the container's stdin pipe, or the
     /// terminal; `None` without CRI `stdin` (or after `stdin_once` closed it).
@@ -150,6 +152,7 @@ impl Monitor {
             waiters: Vec::new(),
             kill_deadline: None,
             process: spec.process().clone(),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
             tty,
             stdin: stdin.map(Input::new),
             stdin_once: req.stdin_once,

@@ -60,11 +60,12 @@ impl Monitor {
         process.set_args(Some(req.args.clone()));
         process.set_terminal(Some(req.tty));
         process.set_console_size(None);
+        let seccomp = launch::TenantSeccomp::prepare(&mut process, ctr.seccomp.as_ref());
         let process_path = self.config.pod_dir.join(format!("exec-{conn}.json"));
         // A scratch file for the launcher only: no need for an atomic, synced write.
         let json = serde_json::to_vec(&process).map_err(|e| internal(format!("cannot encode the exec process: {e}")))?;
         std::fs::write(&process_path, json).map_err(|e| internal(format!("cannot write {}: {e}", process_path.display())))?;
-        let started = self.launch_exec(conn, &req, &process_path);
+        let started = self.launch_exec(conn, &req, &process_path, seccomp);
         let _ = std::fs::remove_file(&process_path);
         remove_tenant_sockets(&self.youki_root().join(&req.id));
         let (pid, stdin, outputs, terminal) = started?;
@@ -92,7 +93,7 @@ impl Monitor {
 
     /// Sets up stdio and runs the tenant launcher; returns the pid, the monitor's stdin end,
     /// the outputs and the terminal master.
-    fn launch_exec(&self, conn: u64, req: &ExecProcess, process: &std::path::Path) -> Result<ExecIo, Failure> {
+    fn launch_exec(&self, conn: u64, req: &ExecProcess, process: &std::path::Path, seccomp: launch::TenantSeccomp) -> Result<ExecIo, Failure> {
         let root = self.youki_root();
         if req.tty {
             let name = format!("exec-{conn}.sock");
@@ -100,7 +101,7 @@ impl Monitor {
             // Bound by name relative to the pod dir (the cwd): absolute paths may be too long.
             let listener = UnixListener::bind(&name).map_err(|e| internal(format!("console socket: {e}")))?;
             let socket = self.config.pod_dir.join(&name);
-            let pid = launch::exec(&root, &req.id, process, Stdio::Console { socket });
+            let pid = launch::exec(&root, &req.id, process, Stdio::Console { socket }, seccomp);
             let master = pid.as_ref().ok().map(|_| receive_pty(&listener));
             let _ = std::fs::remove_file(&name);
             let pid = pid.map_err(exec_failed)?;
@@ -123,7 +124,8 @@ impl Monitor {
         };
         let stdout = out_end(req.stdout, Stream::Stdout)?;
         let stderr = out_end(req.stderr, Stream::Stderr)?;
-        let pid = launch::exec(&root, &req.id, process, Stdio::Pipes { stdin: stdin_r, stdout, stderr }).map_err(exec_failed)?;
+        let pid = launch::exec(&root, &req.id, process, Stdio::Pipes { stdin: stdin_r, stdout, stderr }, seccomp);
+        let pid = pid.map_err(exec_failed)?;
         for fd in outputs.iter().map(|o| o.file.as_raw_fd()).chain(stdin_w.as_ref().map(|f| f.as_raw_fd())) {
             set_nonblocking(fd).map_err(|e| internal(format!("exec pipe: {e}")))?;
         }
