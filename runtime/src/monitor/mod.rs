@@ -11,7 +11,11 @@
 //!
 //! Files in the pod dir: `monitor.json` (config), `monitor.state` ([`MonitorInfo`], for a
 //! restarted daemon), `monitor.sock`, `monitor.log` (its own log), `ns/{net,ipc,uts,pid}`
-//! (pinned namespaces), `youki/` (libcontainer state).
+//! (pinned namespaces), `youki/` (libcontainer state), and for a moment while an exec starts,
+//! `exec-<n>.json` (its OCI process) and `exec-<n>.sock` (its terminal's console socket).
+//!
+//! Exec and attach sessions (`exec.rs`, `attach.rs`) run in the same loop; the daemon's side
+//! of a session is `session.rs`.
 
 mod attach;
 mod containers;
