@@ -60,6 +60,10 @@ impl Env {
 
     /// Creates (and starts, if `start`) a container running `command`.
     async fn container(&mut self, name: &str, command: &[&str], start: bool) -> String {
+        self.container_with(name, command, start, false).await
+    }
+
+    async fn container_with(&mut self, name: &str, command: &[&str], start: bool, stdin: bool) -> String {
         let (pod_id, pod_config) = self.pod.clone().unwrap();
         let config = v1::ContainerConfig {
             metadata: Some(v1::ContainerMetadata { name: name.into(), attempt: 0 }),
@@ -68,6 +72,7 @@ impl Env {
             envs: vec![v1::KeyValue { key: "FOO".into(), value: "from the container config".into() }],
             working_dir: "/tmp".into(),
             log_path: format!("{name}/0.log"),
+            stdin,
             ..Default::default()
         };
         let request = v1::CreateContainerRequest { pod_sandbox_id: pod_id, config: Some(config), sandbox_config: Some(pod_config) };
@@ -162,6 +167,19 @@ async fn exec_sync_output_exit_codes_environment_and_errors() {
     env.rt.stop_container(v1::StopContainerRequest { container_id: stopped.clone(), timeout: 0 }).await.unwrap();
     let err = env.exec(&stopped, &["true"], 0).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // CRI stdin: the container reads a pipe the monitor holds open (for attach), so `cat`
+    // waits; without it stdin is /dev/null and `cat` ends at once.
+    let reader = env.container_with("reader", &["cat"], true, true).await;
+    let no_stdin = env.container_with("nostdin", &["cat"], true, false).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let state = |s: v1::ContainerStatusResponse| s.status.unwrap().state;
+    let status = env.rt.container_status(v1::ContainerStatusRequest { container_id: reader.clone(), verbose: false }).await.unwrap();
+    assert_eq!(state(status.into_inner()), v1::ContainerState::ContainerRunning as i32);
+    let status = env.rt.container_status(v1::ContainerStatusRequest { container_id: no_stdin, verbose: false }).await.unwrap();
+    assert_eq!(state(status.into_inner()), v1::ContainerState::ContainerExited as i32);
+    let r = env.exec(&reader, &["sh", "-c", "readlink /proc/1/fd/0"], 0).await.unwrap();
+    assert!(String::from_utf8_lossy(&r.stdout).starts_with("pipe:"), "{r:?}");
 
     env.remove_pod().await;
 }
