@@ -105,11 +105,18 @@ impl Monitor {
             let master = pid.as_ref().ok().map(|_| receive_pty(&listener));
             let _ = std::fs::remove_file(&name);
             let pid = pid.map_err(exec_failed)?;
-            let master = master.unwrap_or_else(|| Err("no terminal".into())).map_err(internal)?;
-            set_nonblocking(master.file.as_raw_fd()).map_err(|e| internal(format!("terminal: {e}")))?;
-            let terminal = master.file.try_clone().map_err(|e| internal(format!("terminal: {e}")))?;
-            let stdin = req.stdin.then(|| terminal.try_clone()).transpose().map_err(|e| internal(format!("terminal: {e}")))?;
-            return Ok((pid, stdin, vec![master], Some(terminal)));
+            let terminal = || -> Result<ExecIo, String> {
+                let master = master.unwrap_or_else(|| Err("no terminal".into()))?;
+                set_nonblocking(master.file.as_raw_fd()).map_err(|e| format!("terminal: {e}"))?;
+                let terminal = master.file.try_clone().map_err(|e| format!("terminal: {e}"))?;
+                let stdin = req.stdin.then(|| terminal.try_clone()).transpose().map_err(|e| format!("terminal: {e}"))?;
+                Ok((pid, stdin, vec![master], Some(terminal)))
+            };
+            // The process runs already: it must not outlive a set-up that failed.
+            return terminal().map_err(|e| {
+                kill_group(pid);
+                internal(e)
+            });
         }
         let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal(format!("pipe: {e}")));
         let (stdin_r, stdin_w) = if req.stdin { pipe().map(|(r, w)| (r, Some(File::from(w))))? } else { (dev_null()?, None) };
@@ -127,7 +134,10 @@ impl Monitor {
         let pid = launch::exec(&root, &req.id, process, Stdio::Pipes { stdin: stdin_r, stdout, stderr }, seccomp);
         let pid = pid.map_err(exec_failed)?;
         for fd in outputs.iter().map(|o| o.file.as_raw_fd()).chain(stdin_w.as_ref().map(|f| f.as_raw_fd())) {
-            set_nonblocking(fd).map_err(|e| internal(format!("exec pipe: {e}")))?;
+            set_nonblocking(fd).map_err(|e| {
+                kill_group(pid);
+                internal(format!("exec pipe: {e}"))
+            })?;
         }
         Ok((pid, stdin_w, outputs, None))
     }
