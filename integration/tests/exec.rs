@@ -202,6 +202,11 @@ async fn exec_sync_timeouts_kill_the_command() {
     }
     // A command within its timeout is unaffected.
     assert_eq!(env.exec(&id, &["sh", "-c", "sleep 0.2; exit 4"], 2).await.unwrap().exit_code, 4);
+    // The pod's monitor runs execs, so a restarted daemon runs them the same.
+    env.daemon.restart().await;
+    env.rt = env.daemon.runtime_client().await;
+    let r = env.exec(&id, &["echo", "after restart"], 5).await.unwrap();
+    assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"after restart\n"[..], 0));
     env.remove_pod().await;
 }
 
