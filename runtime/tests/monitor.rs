@@ -76,6 +76,8 @@ impl Pod {
             status_path: self.path().join(format!("{id}.status.json")),
             log_path: Some(self.path().join("logs").join(format!("{id}.log"))),
             description: String::new(),
+            stdin: false,
+            stdin_once: false,
         };
         match self.call(Request::Create(request)).await.expect("create") {
             Response::Container(r) => r,
@@ -361,6 +363,8 @@ async fn containers_join_the_pod_pid_namespace_when_shared() {
         status_path: pod.path().join("p.status.json"),
         log_path: Some(pod.path().join("logs/p.log")),
         description: String::new(),
+        stdin: false,
+        stdin_once: false,
     };
     pod.call(Request::Create(request)).await.unwrap();
     let _ = pod.call(Request::Start { id: "p".into() }).await.unwrap();

@@ -76,8 +76,3 @@ impl Cri {
         server.url(request).map_err(to_status)
     }
 }
-
-/// The answer for a CRI call Capstan does not serve yet: never a fake success.
-fn unimplemented<T>(rpc: &str) -> Result<T, tonic::Status> {
-    Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by capstan yet")))
-}

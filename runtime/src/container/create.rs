@@ -119,6 +119,8 @@ impl Runtime {
             status_path: record.status_path(),
             log_path: record.log_path.clone(),
             description: format!("{}/{}", record.pod_id, record.metadata().name),
+            stdin: record.config.stdin,
+            stdin_once: record.config.stdin_once,
         };
         client::call(&pod.pod_dir, &Request::Create(create), client::CALL_TIMEOUT).await?;
         Ok(())

@@ -1,7 +1,10 @@
 //! Containers: one file per CRI call, the record store, and the seams to the image store
 //! and the OCI spec builder.
 
+mod attach;
 mod create;
+mod exec;
+pub mod exec_sync;
 mod list;
 pub mod prepare;
 mod remove;
@@ -12,4 +15,5 @@ mod stop;
 pub mod store;
 mod update;
 
+pub use exec_sync::ExecOutput;
 pub use store::{Container, ContainerRecord, ContainerStore};

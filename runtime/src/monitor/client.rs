@@ -4,9 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use cri_proto::monitor::frame::{self, Frame};
 use cri_proto::monitor::{ErrorCode, MonitorConfig, MonitorInfo, Request, Response, Startup};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{CONFIG_FILE, LOG_FILE, SOCKET_FILE, STATE_FILE};
 use crate::{Error, Result};
@@ -92,14 +94,79 @@ pub async fn call(pod_dir: &Path, request: &Request, timeout: Duration) -> Resul
         .await
         .map_err(|_| Error::DeadlineExceeded(format!("the pod monitor did not answer in {} s", timeout.as_secs())))??;
     match response {
-        Response::Error { code, message } => Err(match code {
-            ErrorCode::NotFound | ErrorCode::FailedPrecondition => Error::FailedPrecondition(message),
-            ErrorCode::AlreadyExists => Error::AlreadyExists(message),
-            ErrorCode::InvalidArgument => Error::InvalidArgument(message),
-            ErrorCode::Internal => Error::Internal(message),
-        }),
+        Response::Error { code, message } => Err(answer_error(code, message)),
         other => Ok(other),
     }
+}
+
+/// A monitor's error answer as ours. The daemon only asks about containers it knows, so a
+/// container the monitor does not know is a state problem, not a bad id.
+fn answer_error(code: ErrorCode, message: String) -> Error {
+    match code {
+        ErrorCode::NotFound | ErrorCode::FailedPrecondition => Error::FailedPrecondition(message),
+        ErrorCode::AlreadyExists => Error::AlreadyExists(message),
+        ErrorCode::InvalidArgument => Error::InvalidArgument(message),
+        ErrorCode::Internal => Error::Internal(message),
+    }
+}
+
+/// The daemon's ends of a session connection, after the monitor's `ok`. Keep the writer
+/// until the session has ended: closing it tells the monitor the daemon went away (which
+/// kills an exec).
+pub type SessionReader = BufReader<OwnedReadHalf>;
+
+/// Opens a dedicated connection for an exec or attach `request` (see the protocol's
+/// session docs) and returns it once the monitor has started the session.
+pub async fn open_session(pod_dir: &Path, request: &Request) -> Result<(SessionReader, OwnedWriteHalf)> {
+    let opening = async {
+        let stream = connect(pod_dir).await?;
+        let (reader, mut writer) = stream.into_split();
+        let mut line = serde_json::to_vec(request).map_err(|e| Error::Internal(e.to_string()))?;
+        line.push(b'\n');
+        writer.write_all(&line).await.map_err(|e| lost(pod_dir, e))?;
+        // The reader keeps whatever frames arrived behind the answer line.
+        let mut reader = BufReader::new(reader);
+        let mut answer = String::new();
+        if reader.read_line(&mut answer).await.map_err(|e| lost(pod_dir, e))? == 0 {
+            return Err(Error::Unavailable(format!("the pod monitor in {} closed the connection", pod_dir.display())));
+        }
+        match serde_json::from_str::<Response>(&answer) {
+            Ok(Response::Ok) => Ok((reader, writer)),
+            Ok(Response::Error { code, message }) => Err(answer_error(code, message)),
+            Ok(other) => Err(Error::Internal(format!("unexpected monitor answer to a session request: {other:?}"))),
+            Err(e) => Err(Error::Internal(format!("bad monitor answer {answer:?}: {e}"))),
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, opening)
+        .await
+        .map_err(|_| Error::DeadlineExceeded(format!("the pod monitor did not answer in {} s", CALL_TIMEOUT.as_secs())))?
+}
+
+/// The next frame of a session; `None` when the monitor closed the connection.
+pub async fn read_frame(reader: &mut SessionReader) -> Result<Option<Frame>> {
+    let mut header = [0u8; frame::HEADER];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::Unavailable(format!("lost the pod monitor's session: {e}"))),
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > frame::MAX_PAYLOAD {
+        return Err(Error::Internal(format!("the pod monitor sent a frame of {len} bytes")));
+    }
+    let mut payload = vec![0u8; len];
+    reader
+        .read_exact(&mut payload)
+        .await
+        .map_err(|e| Error::Unavailable(format!("lost the pod monitor's session: {e}")))?;
+    Frame::from_parts(header[0], &payload)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("the pod monitor sent a bad frame: {e}")))
+}
+
+/// Writes one frame to a session.
+pub async fn write_frame(writer: &mut OwnedWriteHalf, frame: &Frame) -> std::io::Result<()> {
+    writer.write_all(&frame.to_bytes()).await
 }
 
 fn lost(pod_dir: &Path, e: std::io::Error) -> Error {

@@ -29,6 +29,48 @@ pub struct Ctr {
     /// Connections waiting for this container to exit (Stop requests).
     pub waiters: Vec<u64>,
     pub kill_deadline: Option<Instant>,
+    /// The container's process as its spec gives it: the template of every exec.
+    pub process: Option<oci_spec::runtime::Process>,
+    /// Its seccomp profile, which libcontainer's tenant builder would leave out of execs.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    pub tty: bool,
+    /// Where attached stdin goes: the write end of the container's stdin pipe, or the
+    /// terminal; `None` without CRI `stdin` (or after `stdin_once` closed it).
+    pub stdin: Option<Input>,
+    pub stdin_once: bool,
+    /// Attached sessions (see `attach.rs`).
+    pub attached: Vec<super::attach::Attached>,
+}
+
+/// A stdin the monitor writes to without blocking; what does not fit waits here.
+pub struct Input {
+    pub file: File,
+    pub pending: Vec<u8>,
+    /// Close once `pending` is written.
+    pub close_after: bool,
+}
+
+impl Input {
+    pub fn new(file: File) -> Self {
+        Input { file, pending: Vec::new(), close_after: false }
+    }
+
+    /// Writes what it can; `false` when the input is done (closed by request, or the
+    /// reader went away) and should be dropped.
+    pub fn flush(&mut self) -> bool {
+        use std::io::Write;
+        while !self.pending.is_empty() {
+            match self.file.write(&self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        !self.close_after
+    }
 }
 
 /// The monitor's read end of a container's stdout, stderr or terminal.
@@ -38,9 +80,15 @@ pub struct Output {
     pub closed: bool,
 }
 
-type Failure = (ErrorCode, String);
+impl Output {
+    pub fn splitter_stream(&self) -> Stream {
+        self.splitter.stream()
+    }
+}
 
-fn internal(message: impl Into<String>) -> Failure {
+pub(super) type Failure = (ErrorCode, String);
+
+pub(super) fn internal(message: impl Into<String>) -> Failure {
     (ErrorCode::Internal, message.into())
 }
 
@@ -62,7 +110,7 @@ impl Monitor {
         let tty = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let log = LogFile::open(req.log_path.as_deref())
             .map_err(|e| internal(format!("cannot open log file {:?}: {e}", req.log_path)))?;
-        let (stdio, outputs, console) = if tty { self.console(&req.id)? } else { pipes()? };
+        let (stdio, outputs, console, stdin) = if tty { self.console(&req.id)? } else { pipes(req.stdin)? };
         let created = launch::create(&self.youki_root(), &req.id, &req.bundle, stdio);
         let outputs = match (created.is_ok(), console) {
             (true, Some(listener)) => receive_pty(&listener).map(|o| vec![o]),
@@ -73,6 +121,14 @@ impl Monitor {
         let outputs = outputs.map_err(internal)?;
         for output in &outputs {
             set_nonblocking(output.file.as_raw_fd()).map_err(|e| internal(format!("output pipe: {e}")))?;
+        }
+        // A terminal's stdin is the terminal itself.
+        let stdin = match (tty && req.stdin, stdin) {
+            (true, _) => Some(outputs[0].file.try_clone().map_err(|e| internal(format!("terminal: {e}")))?),
+            (false, stdin) => stdin,
+        };
+        if let Some(file) = &stdin {
+            set_nonblocking(file.as_raw_fd()).map_err(|e| internal(format!("stdin pipe: {e}")))?;
         }
         let record = ContainerRecord {
             id: req.id.clone(),
@@ -86,7 +142,22 @@ impl Monitor {
             message: String::new(),
         };
         let oom_before = cgroup.as_deref().and_then(cgroups::oom_kill_count).unwrap_or(0);
-        let ctr = Ctr { record, status_path: req.status_path, cgroup, oom_before, log, outputs, waiters: Vec::new(), kill_deadline: None };
+        let ctr = Ctr {
+            record,
+            status_path: req.status_path,
+            cgroup,
+            oom_before,
+            log,
+            outputs,
+            waiters: Vec::new(),
+            kill_deadline: None,
+            process: spec.process().clone(),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            tty,
+            stdin: stdin.map(Input::new),
+            stdin_once: req.stdin_once,
+            attached: Vec::new(),
+        };
         ctr.persist();
         tracing::info!(container_id = %req.id, %pid, description = %req.description, "container created");
         let record = ctr.record.clone();
@@ -99,12 +170,12 @@ impl Monitor {
     }
 
     /// A listening console socket; libcontainer's init connects and sends the pty master.
-    fn console(&self, id: &str) -> Result<(Stdio, Vec<Output>, Option<UnixListener>), Failure> {
+    fn console(&self, id: &str) -> Result<Created, Failure> {
         let name = console_name(id);
         let _ = std::fs::remove_file(&name);
         // Bound by name relative to the pod dir (the cwd): absolute paths may be too long.
         let listener = UnixListener::bind(&name).map_err(|e| internal(format!("console socket: {e}")))?;
-        Ok((Stdio::Console { socket: self.console_path(id) }, Vec::new(), Some(listener)))
+        Ok((Stdio::Console { socket: self.console_path(id) }, Vec::new(), Some(listener), None))
     }
 
     pub(super) fn start(&mut self, id: &str) -> Result<ContainerRecord, Failure> {
@@ -155,6 +226,7 @@ impl Monitor {
         }
         launch::delete(&root, id).map_err(|e| internal(format!("cannot delete container {id:?}: {e}")))?;
         ctr.close_outputs();
+        self.end_attaches(id);
         self.containers.remove(id);
         tracing::info!(container_id = %id, "container removed");
         Ok(())
@@ -181,6 +253,7 @@ impl Monitor {
             ctr.close_outputs();
         }
         self.containers.clear();
+        self.kill_execs();
         self.infra.destroy();
         let _ = std::fs::remove_dir_all(&root);
         tracing::info!(pod_id = %self.config.pod_id, "pod shut down");
@@ -203,13 +276,9 @@ impl Ctr {
         }
     }
 
-    /// Records the exit; returns the connections waiting for it.
+    /// Records the exit (the caller has read the last output); returns the connections
+    /// waiting for it.
     pub fn exited(&mut self, status: WaitStatus) -> Vec<u64> {
-        // Whatever the process wrote before dying is in the pipes: log it first, so a
-        // client that sees "exited" also sees the last lines.
-        for index in 0..self.outputs.len() {
-            self.read_output(index);
-        }
         let code = launch::exit_code(status).unwrap_or(255);
         let oom_now = self.cgroup.as_deref().and_then(cgroups::oom_kill_count).unwrap_or(0);
         let record = &mut self.record;
@@ -233,17 +302,25 @@ impl Ctr {
         std::mem::take(&mut self.waiters)
     }
 
-    /// Moves what is readable from one output into the log.
-    pub fn read_output(&mut self, index: usize) {
-        let Some(output) = self.outputs.get_mut(index) else { return };
+    /// Moves what is readable from one output into the log; returns the bytes read (for
+    /// attached sessions) and their stream.
+    pub fn read_output(&mut self, index: usize) -> (Stream, Vec<u8>) {
+        let mut data = Vec::new();
+        let Some(output) = self.outputs.get_mut(index) else { return (Stream::Stdout, data) };
+        let stream = output.splitter.stream();
         if output.closed {
-            return;
+            return (stream, data);
         }
         let mut buf = vec![0u8; 64 * 1024];
         let mut records = Vec::new();
         loop {
             match output.file.read(&mut buf) {
-                Ok(n) if n > 0 => output.splitter.push(&buf[..n], &timestamp_now(), &mut records),
+                Ok(n) if n > 0 => {
+                    output.splitter.push(&buf[..n], &timestamp_now(), &mut records);
+                    if !self.attached.is_empty() {
+                        data.extend_from_slice(&buf[..n]);
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // End of stream; EIO is how a terminal reports its other side closed.
@@ -259,6 +336,7 @@ impl Ctr {
             }
         }
         self.log.write(&records);
+        (stream, data)
     }
 
     fn close_outputs(&mut self) {
@@ -281,22 +359,37 @@ fn console_name(id: &str) -> String {
     format!("tty-{}.sock", &id[..id.len().min(16)])
 }
 
-/// stdout and stderr pipes (the container gets the write ends) and /dev/null as stdin.
-fn pipes() -> Result<(Stdio, Vec<Output>, Option<UnixListener>), Failure> {
+/// How the container's stdio is set up: what libcontainer gets, the monitor's output ends,
+/// the console socket (terminal) and the monitor's end of the stdin pipe.
+type Created = (Stdio, Vec<Output>, Option<UnixListener>, Option<File>);
+
+/// stdout and stderr pipes (the container gets the write ends); stdin is a pipe the monitor
+/// writes to when asked for, else /dev/null.
+fn pipes(stdin: bool) -> Result<Created, Failure> {
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal(format!("pipe: {e}")));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let stdin: OwnedFd = File::open("/dev/null").map_err(|e| internal(format!("/dev/null: {e}")))?.into();
+    let (stdin, writer) = if stdin {
+        let (r, w) = pipe()?;
+        (r, Some(File::from(w)))
+    } else {
+        (dev_null()?, None)
+    };
     let outputs = vec![output(out_r, Stream::Stdout), output(err_r, Stream::Stderr)];
-    Ok((Stdio::Pipes { stdin, stdout: out_w, stderr: err_w }, outputs, None))
+    Ok((Stdio::Pipes { stdin, stdout: out_w, stderr: err_w }, outputs, None, writer))
 }
 
-fn output(fd: OwnedFd, stream: Stream) -> Output {
+pub(super) fn dev_null() -> Result<OwnedFd, Failure> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    Ok(file.map_err(|e| internal(format!("/dev/null: {e}")))?.into())
+}
+
+pub(super) fn output(fd: OwnedFd, stream: Stream) -> Output {
     Output { file: File::from(fd), splitter: LineSplitter::new(stream), closed: false }
 }
 
 /// Takes the pty master libcontainer's init sent over the console socket.
-fn receive_pty(listener: &UnixListener) -> Result<Output, String> {
+pub(super) fn receive_pty(listener: &UnixListener) -> Result<Output, String> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     listener.set_nonblocking(true).map_err(|e| format!("console socket: {e}"))?;
     let (stream, _) = listener.accept().map_err(|e| format!("the container sent no terminal: {e}"))?;
@@ -317,7 +410,7 @@ fn receive_pty(listener: &UnixListener) -> Result<Output, String> {
     Err("the console socket carried no terminal".into())
 }
 
-fn set_nonblocking(fd: RawFd) -> nix::Result<()> {
+pub(super) fn set_nonblocking(fd: RawFd) -> nix::Result<()> {
     use nix::fcntl::{FcntlArg, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(|_| ())

@@ -12,14 +12,17 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, Process, Spec};
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::fcntl::OFlag;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
 
 /// The container's standard streams as the monitor hands them over.
 pub enum Stdio {
-    /// Pipes: stdin reads /dev/null, stdout and stderr are write ends of the monitor's pipes.
+    /// Pipes (or /dev/null) the monitor holds the other ends of.
     Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
     /// A terminal: libcontainer sends the pty master over this console socket.
     Console { socket: PathBuf },
@@ -28,13 +31,26 @@ pub enum Stdio {
 /// Runs libcontainer's create for `id` (bundle at `bundle`, state under `root`) in a forked
 /// child; returns the pid of the container's init, which waits for [`start`].
 pub fn create(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
+    in_child(stdio, |stdio| build(root, id, bundle, stdio))
+}
+
+/// Starts `process` (an OCI process JSON file) in the running container `id` with
+/// libcontainer's tenant builder, in a forked child: it joins the container's namespaces
+/// and cgroup. Returns the new process' pid once it has exec'd; a failure to exec (say, no
+/// such command) is an error here.
+pub fn exec(root: &Path, id: &str, process: &Path, stdio: Stdio, seccomp: TenantSeccomp) -> Result<Pid, String> {
+    in_child(stdio, |stdio| build_tenant(root, id, process, stdio, seccomp))
+}
+
+/// Runs `work` in a forked child and returns the pid it reports.
+fn in_child(stdio: Stdio, work: impl FnOnce(Stdio) -> Result<Pid, String>) -> Result<Pid, String> {
     let (result_r, result_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // Safety: the monitor is single-threaded, so the child may run arbitrary code.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(result_r);
             super::signals::reset_for_child();
-            let answer = match build(root, id, bundle, stdio) {
+            let answer = match work(stdio) {
                 Ok(pid) => format!("ok {pid}"),
                 Err(e) => e,
             };
@@ -66,19 +82,102 @@ pub fn create(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid,
     }
 }
 
-fn build(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
-    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+fn build_tenant(root: &Path, id: &str, process: &Path, stdio: Stdio, seccomp: TenantSeccomp) -> Result<Pid, String> {
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| chain(&e))?;
-    builder = match stdio {
+    let builder = with_stdio(builder, stdio);
+    let builder = match seccomp.0 {
+        Some(executor) => builder.with_executor(executor),
+        None => builder,
+    };
+    builder
+        .as_tenant()
+        .with_process(Some(process))
+        .with_detach(true)
+        .build()
+        .map_err(|e| chain(&e))
+}
+
+fn with_stdio(builder: ContainerBuilder, stdio: Stdio) -> ContainerBuilder {
+    match stdio {
         Stdio::Pipes { stdin, stdout, stderr } => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
         Stdio::Console { socket } => builder.with_console_socket(Some(socket)),
-    };
+    }
+}
+
+fn build(root: &Path, id: &str, bundle: &Path, stdio: Stdio) -> Result<Pid, String> {
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| chain(&e))?;
+    let builder = with_stdio(builder, stdio);
     let container = builder
         .validate_id()
         .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build())
         .map_err(|e| chain(&e))?;
     container.pid().ok_or_else(|| "libcontainer created the container but recorded no pid".to_string())
+}
+
+/// The container's seccomp profile for an exec'd process.
+///
+/// libcontainer's tenant builder keeps only the namespaces and cgroup of the container's
+/// `linux` section, so an exec'd process would run without the container's seccomp filter.
+/// This executor loads it just before the exec. Without `no_new_privs` loading a filter
+/// needs CAP_SYS_ADMIN, so the process keeps CAP_SYS_ADMIN and CAP_SETPCAP through
+/// libcontainer's set-up ([`TenantSeccomp::prepare`]) and drops them here, after the filter
+/// is in place: the order libcontainer's init follows for containers.
+#[derive(Default)]
+pub struct TenantSeccomp(Option<SeccompExecutor>);
+
+#[derive(Clone)]
+pub struct SeccompExecutor {
+    seccomp: LinuxSeccomp,
+    /// The container's capabilities, restored after the filter is loaded.
+    caps: Option<LinuxCapabilities>,
+}
+
+impl TenantSeccomp {
+    /// Adapts the exec'd `process` (a copy of the container's) to `seccomp`.
+    pub fn prepare(process: &mut Process, seccomp: Option<&LinuxSeccomp>) -> TenantSeccomp {
+        let Some(seccomp) = seccomp else { return TenantSeccomp(None) };
+        let caps = if process.no_new_privileges() == Some(true) {
+            None
+        } else {
+            let original = process.capabilities().clone().unwrap_or_default();
+            let mut raised = original.clone();
+            let add = |set: &Option<Capabilities>| {
+                let mut set = set.clone().unwrap_or_default();
+                set.extend([Capability::SysAdmin, Capability::Setpcap]);
+                Some(set)
+            };
+            raised.set_bounding(add(original.bounding()));
+            raised.set_effective(add(original.effective()));
+            raised.set_permitted(add(original.permitted()));
+            process.set_capabilities(Some(raised));
+            Some(original)
+        };
+        TenantSeccomp(Some(SeccompExecutor { seccomp: seccomp.clone(), caps }))
+    }
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        match libcontainer::seccomp::initialize_seccomp(&self.seccomp) {
+            Ok(None) => {}
+            Ok(Some(_)) => return Err(ExecutorError::Other("seccomp notify profiles are not supported for exec".into())),
+            Err(e) => return Err(ExecutorError::Other(format!("cannot load the container's seccomp profile: {}", chain(&e)))),
+        }
+        if let Some(caps) = &self.caps {
+            let syscall = libcontainer::syscall::syscall::create_syscall();
+            libcontainer::capabilities::drop_privileges(caps, syscall.as_ref())
+                .map_err(|e| ExecutorError::Other(format!("cannot drop capabilities: {e}")))?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
 }
 
 /// Lets a created container exec its process.

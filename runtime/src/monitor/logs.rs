@@ -44,6 +44,10 @@ impl LineSplitter {
         LineSplitter { stream, pending: Vec::new() }
     }
 
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
     /// Appends the records `data` completes to `out`, stamped with `timestamp`.
     pub fn push(&mut self, data: &[u8], timestamp: &str, out: &mut Vec<u8>) {
         self.pending.extend_from_slice(data);

@@ -11,9 +11,15 @@
 //!
 //! Files in the pod dir: `monitor.json` (config), `monitor.state` ([`MonitorInfo`], for a
 //! restarted daemon), `monitor.sock`, `monitor.log` (its own log), `ns/{net,ipc,uts,pid}`
-//! (pinned namespaces), `youki/` (libcontainer state).
+//! (pinned namespaces), `youki/` (libcontainer state), and for a moment while an exec starts,
+//! `exec-<n>.json` (its OCI process) and `exec-<n>.sock` (its terminal's console socket).
+//!
+//! Exec and attach sessions (`exec.rs`, `attach.rs`) run in the same loop; the daemon's side
+//! of a session is `session.rs`.
 
+mod attach;
 mod containers;
+mod exec;
 mod infra;
 mod launch;
 pub mod logs;
@@ -21,6 +27,7 @@ mod server;
 mod signals;
 
 pub mod client;
+pub mod session;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;

@@ -1,5 +1,10 @@
 //! The monitor's single-threaded event loop: one `poll` over the SIGCHLD pipe, the control
-//! socket, the daemon's connections and every container's output.
+//! socket, the daemon's connections, every container's output and stdin, and the pipes or
+//! terminals of exec sessions.
+//!
+//! A connection carries request lines until an exec or attach turns it into a session
+//! (`cri_proto::monitor` docs); session output is queued per connection and written as the
+//! socket takes it, so a slow daemon never blocks the loop.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -13,6 +18,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::containers::Ctr;
+use super::exec::Exec;
 use super::infra::Infra;
 use super::signals::ChildSignals;
 
@@ -26,15 +32,34 @@ pub struct Monitor {
     pub(super) signals: ChildSignals,
     pub(super) listener: UnixListener,
     pub(super) containers: BTreeMap<String, Ctr>,
-    conns: BTreeMap<u64, Conn>,
+    /// Exec sessions by the id of the connection that started them.
+    pub(super) execs: BTreeMap<u64, Exec>,
+    pub(super) conns: BTreeMap<u64, Conn>,
     next_conn: u64,
     exit: bool,
 }
 
-struct Conn {
+pub(super) struct Conn {
     stream: UnixStream,
     input: Vec<u8>,
+    /// Session bytes not yet taken by the socket.
+    pub(super) out: Vec<u8>,
+    pub(super) session: Option<Session>,
+    /// The session has ended: close once `out` is written.
+    pub(super) closing: bool,
 }
+
+/// What a connection turned into.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum Session {
+    /// An exec, keyed by this connection's id in [`Monitor::execs`].
+    Exec,
+    /// Attached to this container.
+    Attach(String),
+}
+
+/// Queued session output beyond which the loop stops reading what produces it.
+pub(super) const BACKLOG: usize = 1 << 20;
 
 /// What a poll slot belongs to.
 #[derive(Clone)]
@@ -43,13 +68,27 @@ enum Slot {
     Listener,
     Conn(u64),
     Output(String, usize),
+    Stdin(String),
+    ExecOutput(u64, usize),
+    ExecStdin(u64),
 }
 
 pub(super) type Reply = Result<Option<Response>, (ErrorCode, String)>;
 
 impl Monitor {
     pub fn new(config: MonitorConfig, info: MonitorInfo, infra: Infra, signals: ChildSignals, listener: UnixListener) -> Self {
-        Monitor { config, info, infra, signals, listener, containers: BTreeMap::new(), conns: BTreeMap::new(), next_conn: 0, exit: false }
+        Monitor {
+            config,
+            info,
+            infra,
+            signals,
+            listener,
+            containers: BTreeMap::new(),
+            execs: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            exit: false,
+        }
     }
 
     /// Runs until a `Shutdown` request has been answered.
@@ -74,16 +113,27 @@ impl Monitor {
                         self.reap();
                     }
                     Slot::Listener => self.accept(),
-                    Slot::Conn(id) => self.read_conn(id),
-                    Slot::Output(id, index) => {
-                        if let Some(ctr) = self.containers.get_mut(&id) {
-                            ctr.read_output(index);
+                    Slot::Conn(id) => {
+                        if revents.contains(PollFlags::POLLOUT) {
+                            self.flush_conn(id);
+                        }
+                        if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                            self.read_conn(id);
                         }
                     }
+                    Slot::Output(id, index) => self.pump_output(&id, index),
+                    Slot::Stdin(id) => self.flush_container_stdin(&id),
+                    Slot::ExecOutput(id, index) => self.read_exec_output(id, index),
+                    Slot::ExecStdin(id) => self.flush_exec_stdin(id),
                 }
             }
             for ctr in self.containers.values_mut() {
                 ctr.outputs.retain(|o| !o.closed);
+            }
+            self.finish_sessions();
+            let done: Vec<u64> = self.conns.iter().filter(|(_, c)| c.closing && c.out.is_empty()).map(|(id, _)| *id).collect();
+            for id in done {
+                self.drop_conn(id);
             }
         }
         tracing::info!(pod_id = %self.config.pod_id, "monitor exits");
@@ -97,13 +147,38 @@ impl Monitor {
             PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
         ];
         for (id, conn) in &self.conns {
+            let mut events = PollFlags::empty();
+            if !conn.closing && !self.input_full(*id, conn) {
+                events |= PollFlags::POLLIN;
+            }
+            if !conn.out.is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
             slots.push(Slot::Conn(*id));
-            fds.push(PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(conn.stream.as_fd(), events));
         }
         for (id, ctr) in &self.containers {
             for (index, output) in ctr.outputs.iter().enumerate() {
                 slots.push(Slot::Output(id.clone(), index));
                 fds.push(PollFd::new(output.file.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(stdin) = ctr.stdin.as_ref().filter(|i| !i.pending.is_empty()) {
+                slots.push(Slot::Stdin(id.clone()));
+                fds.push(PollFd::new(stdin.file.as_fd(), PollFlags::POLLOUT));
+            }
+        }
+        for (id, exec) in &self.execs {
+            // Backpressure: a daemon that does not read stops the process' output.
+            let backlog = self.conns.get(id).is_some_and(|c| c.out.len() > BACKLOG);
+            for (index, output) in exec.outputs.iter().enumerate() {
+                if !output.closed && !backlog {
+                    slots.push(Slot::ExecOutput(*id, index));
+                    fds.push(PollFd::new(output.file.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            if let Some(stdin) = exec.stdin.as_ref().filter(|i| !i.pending.is_empty()) {
+                slots.push(Slot::ExecStdin(*id));
+                fds.push(PollFd::new(stdin.file.as_fd(), PollFlags::POLLOUT));
             }
         }
         let timeout = self.next_deadline().map_or(PollTimeout::NONE, |d| {
@@ -120,7 +195,8 @@ impl Monitor {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.containers.values().filter_map(|c| c.kill_deadline).min()
+        let stops = self.containers.values().filter_map(|c| c.kill_deadline);
+        stops.chain(self.session_deadlines()).min()
     }
 
     /// Stop timeouts that ran out: SIGKILL everything in the container's cgroup.
@@ -134,6 +210,7 @@ impl Monitor {
                 ctr.kill_everything(&root);
             }
         }
+        self.fire_exec_deadlines(now);
     }
 
     /// Collects every child that exited: containers get their exit recorded.
@@ -154,10 +231,20 @@ impl Monitor {
                 self.infra.pid = None;
                 continue;
             }
-            let Some(ctr) = self.containers.values_mut().find(|c| c.running_pid() == Some(pid)) else {
+            if self.exec_exited(pid, status) {
+                continue;
+            }
+            let Some(id) = self.containers.values().find(|c| c.running_pid() == Some(pid)).map(|c| c.record.id.clone()) else {
                 tracing::debug!(%pid, ?status, "reaped an orphan");
                 continue;
             };
+            // Whatever the process wrote before dying is in the pipes: log it first, so a
+            // client that sees "exited" also sees the last lines.
+            let outputs = self.containers.get(&id).map_or(0, |c| c.outputs.len());
+            for index in 0..outputs {
+                self.pump_output(&id, index);
+            }
+            let Some(ctr) = self.containers.get_mut(&id) else { continue };
             let waiters = ctr.exited(status);
             for conn in waiters {
                 self.send(conn, &Response::Ok);
@@ -174,7 +261,8 @@ impl Monitor {
                         continue;
                     }
                     self.next_conn += 1;
-                    self.conns.insert(self.next_conn, Conn { stream, input: Vec::new() });
+                    let conn = Conn { stream, input: Vec::new(), out: Vec::new(), session: None, closing: false };
+                    self.conns.insert(self.next_conn, conn);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -204,14 +292,20 @@ impl Monitor {
                 }
             }
         }
-        let mut lines = Vec::new();
-        while let Some(pos) = conn.input.iter().position(|&b| b == b'\n') {
-            lines.push(conn.input.drain(..=pos).collect::<Vec<u8>>());
-        }
-        if conn.input.len() > MAX_REQUEST {
-            closed = true;
-        }
-        for line in lines {
+        // One line at a time: a request may turn the rest of the input into frames.
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else { return };
+            if conn.session.is_some() {
+                self.session_input(id);
+                break;
+            }
+            let Some(pos) = conn.input.iter().position(|&b| b == b'\n') else {
+                if conn.input.len() > MAX_REQUEST {
+                    closed = true;
+                }
+                break;
+            };
+            let line = conn.input.drain(..=pos).collect::<Vec<u8>>();
             self.dispatch(id, &line);
         }
         if closed {
@@ -219,10 +313,40 @@ impl Monitor {
         }
     }
 
-    fn drop_conn(&mut self, id: u64) {
-        self.conns.remove(&id);
+    pub(super) fn drop_conn(&mut self, id: u64) {
+        let Some(conn) = self.conns.remove(&id) else { return };
         for ctr in self.containers.values_mut() {
             ctr.waiters.retain(|w| *w != id);
+        }
+        match conn.session {
+            Some(Session::Exec) => self.exec_disconnected(id),
+            Some(Session::Attach(ctr)) => self.detach(&ctr, id),
+            None => {}
+        }
+    }
+
+    /// Queues a frame for a session connection and writes what the socket takes now.
+    pub(super) fn queue(&mut self, conn: u64, frame: &cri_proto::monitor::frame::Frame) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        frame.encode(&mut c.out);
+        self.flush_conn(conn);
+    }
+
+    /// Writes queued session bytes without blocking; a broken connection is dropped.
+    pub(super) fn flush_conn(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        while !conn.out.is_empty() {
+            match conn.stream.write(&conn.out) {
+                Ok(n) => {
+                    conn.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(id);
+                    return;
+                }
+            }
         }
     }
 
@@ -265,6 +389,8 @@ impl Monitor {
                 self.exit = true;
                 Ok(Some(Response::Ok))
             }
+            Request::Exec(exec) => self.exec(conn, exec).map(|()| Some(Response::Ok)),
+            Request::Attach(attach) => self.attach(conn, attach).map(|()| Some(Response::Ok)),
         }
     }
 
@@ -288,6 +414,48 @@ impl Monitor {
         if !ok {
             self.drop_conn(conn);
         }
+    }
+
+    /// Frames from a session's daemon, as far as they have arrived.
+    fn session_input(&mut self, id: u64) {
+        use cri_proto::monitor::frame::Frame;
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else { return };
+            let Some(session) = conn.session.clone() else { return };
+            let frame = match Frame::decode(&conn.input) {
+                Ok(Some((frame, used))) => {
+                    conn.input.drain(..used);
+                    frame
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame from the daemon; closing the session");
+                    self.drop_conn(id);
+                    return;
+                }
+            };
+            match session {
+                Session::Exec => self.exec_frame(id, frame),
+                Session::Attach(ctr) => self.attach_frame(&ctr, id, frame),
+            }
+        }
+    }
+
+    fn input_full(&self, id: u64, conn: &Conn) -> bool {
+        match &conn.session {
+            Some(Session::Exec) => self.exec_input_full(id),
+            Some(Session::Attach(ctr)) => self.attach_input_full(ctr),
+            None => false,
+        }
+    }
+
+    fn session_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.exec_deadlines().chain(self.attach_deadlines())
+    }
+
+    fn finish_sessions(&mut self) {
+        self.finish_execs();
+        self.finish_attaches();
     }
 
     pub(super) fn youki_root(&self) -> std::path::PathBuf {

@@ -1,17 +1,17 @@
-//! The runtime as the streaming server's backend.
+//! The runtime as the streaming server's backend: exec and attach sessions run through the
+//! pod's monitor (`container/exec.rs`, `container/attach.rs`), port-forward connects inside
+//! the pod's network namespace (`sandbox/port_forward.rs`).
 
 use super::{Backend, Session, StreamOptions};
-use crate::{Error, Result, Runtime};
+use crate::{Result, Runtime};
 
 impl Backend for Runtime {
-    async fn exec(&self, container_id: &str, _cmd: Vec<String>, _options: StreamOptions) -> Result<Session> {
-        tracing::warn!(container_id, "exec session asked for before exec sessions are wired");
-        Err(Error::FailedPrecondition("exec sessions are not wired yet".into()))
+    async fn exec(&self, container_id: &str, cmd: Vec<String>, options: StreamOptions) -> Result<Session> {
+        self.exec_session(container_id, cmd, options).await
     }
 
-    async fn attach(&self, container_id: &str, _options: StreamOptions) -> Result<Session> {
-        tracing::warn!(container_id, "attach session asked for before attach sessions are wired");
-        Err(Error::FailedPrecondition("attach sessions are not wired yet".into()))
+    async fn attach(&self, container_id: &str, options: StreamOptions) -> Result<Session> {
+        self.attach_session(container_id, options).await
     }
 
     async fn port_forward(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
