@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod image;
 pub mod registry;
+pub mod streaming;
 
 use std::path::PathBuf;
 

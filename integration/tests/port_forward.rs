@@ -2,18 +2,18 @@
 //! container serves HTTP on 127.0.0.1 inside the pod's own network namespace, reached through
 //! the daemon's streaming server over SPDY/3.1 and over WebSocket.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use capstan_integration::daemon::{Daemon, DaemonOptions};
 use capstan_integration::image::ImageBuilder;
 use capstan_integration::registry::Registry;
-use capstan_runtime::streaming::spdy::{Connection, Headers, Role};
+use capstan_integration::streaming::{spdy_connect, split_url};
+use capstan_runtime::streaming::spdy::Headers;
 use cri_proto::RuntimeServiceClient;
 use cri_proto::v1;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -65,33 +65,6 @@ fn container(image: &str, port: u16) -> v1::ContainerConfig {
         log_path: "web/0.log".into(),
         ..Default::default()
     }
-}
-
-fn split_url(url: &str) -> (SocketAddr, String) {
-    let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("not an http URL: {url}"));
-    let slash = rest.find('/').unwrap();
-    (rest[..slash].parse().unwrap(), rest[slash..].to_string())
-}
-
-/// The upgrade kubectl/kubelet send, by hand; then a SPDY client connection.
-async fn spdy_connect(url: &str, protocol: &str) -> Connection {
-    let (addr, path) = split_url(url);
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
-         X-Stream-Protocol-Version: {protocol}\r\nContent-Length: 0\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        assert_eq!(tcp.read(&mut b).await.unwrap(), 1, "connection closed during upgrade");
-        head.push(b[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains(&format!("x-stream-protocol-version: {protocol}")), "{head}");
-    Connection::new(tcp, Role::Client)
 }
 
 const GET: &[u8] = b"GET /index.html HTTP/1.0\r\n\r\n";
