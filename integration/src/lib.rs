@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod image;
+pub mod pods;
 pub mod registry;
 pub mod streaming;
 

@@ -2,13 +2,12 @@
 //! with the ids and statuses kubelet's evented PLEG needs, including the exit of a container
 //! that nobody stopped.
 
-mod stats_support;
 
 use std::time::Duration;
 
 use cri_proto::v1;
 use cri_proto::v1::ContainerEventType as Kind;
-use stats_support::{Env, container};
+use capstan_integration::pods::{Env, container};
 
 type Events = tonic::Streaming<v1::ContainerEventResponse>;
 

@@ -3,11 +3,11 @@
 //! kubelet's default) and WebSocket (v5/v4 channel protocols) to them, and the sessions
 //! run inside real containers through the pod's monitor.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use capstan_integration::daemon::{Daemon, DaemonOptions};
 use capstan_integration::image::ImageBuilder;
+use capstan_integration::pods::Cleanup;
 use capstan_integration::registry::Registry;
 use capstan_integration::streaming::{spdy_connect, websocket_connect};
 use capstan_runtime::streaming::spdy::Headers;
@@ -18,28 +18,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tonic::transport::Channel;
 
 type Rt = RuntimeServiceClient<Channel>;
-
-/// Removes the pod when dropped, even when the test panicked half-way.
-struct PodGuard {
-    socket: PathBuf,
-    pod: String,
-}
-
-impl Drop for PodGuard {
-    fn drop(&mut self) {
-        let (socket, pod) = (self.socket.clone(), self.pod.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let Ok(channel) = cri_proto::unix::connect(&socket).await else { return };
-                let mut client = RuntimeServiceClient::new(channel);
-                let _ = client.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await;
-                let _ = client.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await;
-            });
-        })
-        .join();
-    }
-}
 
 struct Env {
     _registry: Registry,
@@ -79,7 +57,7 @@ fn pod_config(daemon: &Daemon, name: &str) -> v1::PodSandboxConfig {
 }
 
 /// A running container in a new pod: `command` as its process, `stdin` as CRI asks.
-async fn running(env: &mut Env, name: &str, command: &[&str], stdin: bool, tty: bool) -> (PodGuard, String) {
+async fn running(env: &mut Env, name: &str, command: &[&str], stdin: bool, tty: bool) -> (Cleanup, String) {
     let config = pod_config(&env.daemon, name);
     let pod = env
         .rt
@@ -88,7 +66,8 @@ async fn running(env: &mut Env, name: &str, command: &[&str], stdin: bool, tty: 
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let guard = PodGuard { socket: env.daemon.socket(), pod: pod.clone() };
+    let mut guard = Cleanup::new(&env.daemon);
+    guard.pods.push(pod.clone());
     let container = v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata { name: "main".into(), attempt: 0 }),
         image: Some(v1::ImageSpec { image: env.image.clone(), ..Default::default() }),

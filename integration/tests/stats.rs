@@ -1,7 +1,6 @@
 //! Stats, metrics, UpdateContainerResources and ReopenContainerLog on the real daemon, on
 //! this host's cgroup v1 controllers (vm_stats.rs has the v2 side).
 
-mod stats_support;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -9,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cri_proto::v1;
-use stats_support::{BridgeNet, Env, cgroup_file, container, value, with_resources};
+use capstan_integration::pods::{BridgeNet, Env, cgroup_file, container, value, with_resources};
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;

@@ -2,12 +2,11 @@
 //! cpu.weight, the `unified` map). Runs in the VM lane only (`CAPSTAN_VM=1`):
 //! `bash integration/vm/lane.sh vm_stats`.
 
-mod stats_support;
 
 use std::time::Duration;
 
 use cri_proto::v1;
-use stats_support::{Env, cgroup_file, container, value, with_resources};
+use capstan_integration::pods::{Env, cgroup_file, container, value, with_resources};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;

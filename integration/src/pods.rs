@@ -1,14 +1,13 @@
-//! Shared by the stats, events and vm_stats tests: a registry with busybox, a daemon that
-//! pulled it, pods removed on drop, and an optional CNI bridge network of the test's own.
-//! (pods.rs keeps its own copy of the pod helpers; these are the few the three need.)
-#![allow(dead_code)]
+//! Pods for tests: a registry with busybox and a daemon that pulled it ([`Env`]), pods
+//! removed on drop even after a panic ([`Cleanup`]), one pod that runs scripts to their end
+//! ([`OnePod`]), and a CNI bridge network of the test's own ([`BridgeNet`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use capstan_integration::daemon::{Daemon, DaemonOptions};
-use capstan_integration::image::ImageBuilder;
-use capstan_integration::registry::Registry;
+use crate::daemon::{Daemon, DaemonOptions};
+use crate::image::ImageBuilder;
+use crate::registry::Registry;
 use cri_proto::RuntimeServiceClient;
 use cri_proto::v1;
 use tonic::transport::Channel;
@@ -19,6 +18,12 @@ pub type Rt = RuntimeServiceClient<Channel>;
 pub struct Cleanup {
     socket: PathBuf,
     pub pods: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn new(daemon: &Daemon) -> Cleanup {
+        Cleanup { socket: daemon.socket(), pods: Vec::new() }
+    }
 }
 
 impl Drop for Cleanup {
@@ -203,4 +208,96 @@ pub fn cgroup_file(mount: &str, pod: &str, container: &str, file: &str) -> Strin
 
 pub fn value(v: &Option<v1::UInt64Value>) -> u64 {
     v.as_ref().map_or(0, |v| v.value)
+}
+
+/// A daemon that has pulled a busybox image, with one pod; the pod is removed on drop.
+pub struct OnePod {
+    pub rt: RuntimeServiceClient<Channel>,
+    pub pod: String,
+    pub config: v1::PodSandboxConfig,
+    pub image: String,
+    pub daemon: Daemon,
+    _registry: Registry,
+}
+
+impl OnePod {
+    pub async fn start(name: &str) -> OnePod {
+        let registry = Registry::start().await;
+        let image = ImageBuilder::busybox().push(&registry, "volumes/busybox", &["1"]).await.references[0].clone();
+        let daemon = Daemon::start(DaemonOptions::default()).await;
+        let spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
+        let pull = v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None };
+        daemon.image_client().await.pull_image(pull).await.unwrap_or_else(|e| panic!("pull {image}: {e}"));
+        let mut rt = daemon.runtime_client().await;
+        let config = v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "test".into(), attempt: 0 }),
+            hostname: name.into(),
+            log_directory: daemon.scratch().join("logs").join(name).display().to_string(),
+            ..Default::default()
+        };
+        let run = v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+        let pod = rt.run_pod_sandbox(run).await.expect("RunPodSandbox").into_inner().pod_sandbox_id;
+        OnePod { rt, pod, config, image, daemon, _registry: registry }
+    }
+
+    /// Runs `script` in a container with `mounts` until it exits; returns its exit code
+    /// and stdout+stderr.
+    pub async fn run(&mut self, name: &str, script: &str, mounts: Vec<v1::Mount>) -> (i32, String) {
+        let config = v1::ContainerConfig {
+            metadata: Some(v1::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(v1::ImageSpec { image: self.image.clone(), ..Default::default() }),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            mounts,
+            ..Default::default()
+        };
+        let create = v1::CreateContainerRequest {
+            pod_sandbox_id: self.pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.config.clone()),
+        };
+        let id = match self.rt.create_container(create).await {
+            Ok(r) => r.into_inner().container_id,
+            Err(e) => panic!("CreateContainer: {e}\n{}", self.daemon.log()),
+        };
+        self.rt.start_container(v1::StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
+        let deadline = Instant::now() + Duration::from_secs(if std::env::var_os("CAPSTAN_VM").is_some() { 180 } else { 30 });
+        loop {
+            let request = v1::ContainerStatusRequest { container_id: id.clone(), verbose: false };
+            let status = self.rt.container_status(request).await.expect("ContainerStatus").into_inner().status.expect("status");
+            if status.state == v1::ContainerState::ContainerExited as i32 {
+                let log = std::fs::read_to_string(Path::new(&self.config.log_directory).join(format!("{name}.log")));
+                return (status.exit_code, log.unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "container {name} did not exit: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn remove(&mut self) {
+        let pod = std::mem::take(&mut self.pod);
+        if pod.is_empty() {
+            return;
+        }
+        self.rt.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("StopPodSandbox");
+        self.rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.expect("RemovePodSandbox");
+    }
+}
+
+impl Drop for OnePod {
+    fn drop(&mut self) {
+        let (socket, pod) = (self.daemon.socket(), std::mem::take(&mut self.pod));
+        if pod.is_empty() {
+            return;
+        }
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(channel) = cri_proto::unix::connect(&socket).await else { return };
+                let request = v1::RemovePodSandboxRequest { pod_sandbox_id: pod };
+                let _ = RuntimeServiceClient::new(channel).remove_pod_sandbox(request).await;
+            });
+        })
+        .join();
+    }
 }
