@@ -12,6 +12,7 @@ impl Runtime {
     /// Attaches to the container's stdio. The terminal setting is the container's own, and
     /// stdin is only given when the container has one. Dropping the session detaches; the
     /// container goes on.
+    #[tracing::instrument(name = "attach", skip(self), fields(container_id = %container_id))]
     pub async fn attach_session(&self, container_id: &str, options: StreamOptions) -> Result<Session> {
         let (c, pod) = self.running_container(container_id)?;
         let config = &c.record.config;

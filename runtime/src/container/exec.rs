@@ -15,6 +15,7 @@ use crate::{Error, Result, Runtime};
 impl Runtime {
     /// Starts `cmd` in the container. Dropping the session's `end` before the process ended
     /// kills it (and its process group).
+    #[tracing::instrument(name = "exec", skip(self, cmd), fields(container_id = %container_id))]
     pub async fn exec_session(&self, container_id: &str, cmd: Vec<String>, options: StreamOptions) -> Result<Session> {
         if cmd.first().is_none_or(|c| c.is_empty()) {
             return Err(Error::InvalidArgument("exec needs a command".into()));

@@ -31,6 +31,7 @@ impl Runtime {
     /// Runs `cmd` in the container; a zero `timeout` means none. A command that outlives
     /// the timeout is killed (with its process group) and the call fails with
     /// `DeadlineExceeded`.
+    #[tracing::instrument(name = "exec_sync", skip(self, cmd), fields(container_id = %container_id))]
     pub async fn exec_sync(&self, container_id: &str, cmd: Vec<String>, timeout: Duration) -> Result<ExecOutput> {
         if cmd.first().is_none_or(|c| c.is_empty()) {
             return Err(Error::InvalidArgument("ExecSync needs a command".into()));

@@ -9,6 +9,7 @@ use crate::monitor::client;
 use crate::{Error, Result, Runtime};
 
 impl Runtime {
+    #[tracing::instrument(name = "remove_container", skip(self), fields(container_id = %id))]
     pub async fn remove_container(&self, id: &str) -> Result<()> {
         let c = match self.containers.find(id) {
             Ok(c) => c,

@@ -9,6 +9,7 @@ use crate::monitor::client;
 use crate::{Error, Result, Runtime};
 
 impl Runtime {
+    #[tracing::instrument(name = "reopen_container_log", skip(self), fields(container_id = %id))]
     pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
         let c = self.containers.find(id)?;
         let sandbox = self.sandboxes.find(&c.record.pod_id)?;

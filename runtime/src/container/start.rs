@@ -6,6 +6,7 @@ use crate::monitor::client;
 use crate::{Error, Result, Runtime};
 
 impl Runtime {
+    #[tracing::instrument(name = "start_container", skip(self), fields(container_id = %id))]
     pub async fn start_container(&self, id: &str) -> Result<()> {
         let c = self.containers.find(id)?;
         let sandbox = self.sandboxes.find(&c.record.pod_id)?;

@@ -11,6 +11,7 @@ use crate::sandbox::SandboxRecord;
 use crate::{Result, Runtime};
 
 impl Runtime {
+    #[tracing::instrument(name = "stop_container", skip(self), fields(container_id = %id))]
     pub async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<()> {
         let c = self.containers.find(id)?;
         let sandbox = self.sandboxes.find(&c.record.pod_id)?;

@@ -18,6 +18,7 @@ use crate::{Error, Result, Runtime};
 const RESOURCES_FILE: &str = "resources.json";
 
 impl Runtime {
+    #[tracing::instrument(name = "update_container_resources", skip(self, asked), fields(container_id = %id))]
     pub async fn update_container_resources(&self, id: &str, asked: Option<v1::LinuxContainerResources>) -> Result<()> {
         let c = self.containers.find(id)?;
         let sandbox = self.sandboxes.find(&c.record.pod_id)?;

@@ -18,6 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Runtime {
     /// Connects to `localhost:port` in the pod's network (IPv4 first, then IPv6, as kubelet
     /// does). The pod must be ready; host-network pods are reached on the host's loopback.
+    #[tracing::instrument(name = "port_forward", skip(self), fields(pod_id = %pod_id))]
     pub async fn port_forward_stream(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
         let sandbox = self.sandboxes.find(pod_id)?;
         let record = sandbox.record();

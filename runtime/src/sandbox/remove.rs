@@ -9,6 +9,7 @@ use super::store::Sandbox;
 use crate::{Error, Result, Runtime};
 
 impl Runtime {
+    #[tracing::instrument(name = "remove_pod_sandbox", skip(self), fields(pod_id = %id))]
     pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
         let sandbox = match self.sandboxes.find(id) {
             Ok(s) => s,

@@ -20,6 +20,7 @@ pub enum Teardown {
 }
 
 impl Runtime {
+    #[tracing::instrument(name = "stop_pod_sandbox", skip(self), fields(pod_id = %id))]
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let sandbox = match self.sandboxes.find(id) {
             Ok(s) => s,
