@@ -26,6 +26,9 @@ bash integration/bench/vs-containerd.sh --capstan-only --debug --iterations 2 --
 
 bash integration/leftovers.sh || status=1
 
+# Fuzz smoke: every cargo-fuzz target (runtime/fuzz/) built and run for a bounded time.
+bash runtime/fuzz/smoke.sh "${CAPSTAN_FUZZ_SECONDS:-20}" || status=1
+
 # The second lane: Debian's kernel in qemu with pure cgroup v2 and kernel NFS
 # (integration/vm/README.md). It runs the prebuilt integration/tests/vm_*.rs there.
 bash integration/vm/lane.sh || status=1
