@@ -109,6 +109,7 @@ impl Runtime {
             cgroup: &record.cgroup,
         };
         let spec = self.build_spec(&ctx)?;
+        super::status::save_user(&record.dir, &spec)?;
         let bundle = record.bundle();
         crate::create_private_dir(&bundle)?;
         let spec_path = bundle.join("config.json");

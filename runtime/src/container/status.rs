@@ -9,6 +9,37 @@ use cri_proto::v1;
 use super::store::Container;
 use crate::{Result, Runtime};
 
+/// The identity the container's process runs as, kept beside the record when the spec is
+/// built: kubelet checks it against the pod's runAsUser/supplemental groups policy.
+const USER_FILE: &str = "user.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunAs {
+    uid: i64,
+    gid: i64,
+    supplemental_groups: Vec<i64>,
+}
+
+pub(super) fn save_user(dir: &std::path::Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let Some(user) = spec.process().as_ref().map(|p| p.user()) else { return Ok(()) };
+    let run_as = RunAs {
+        uid: i64::from(user.uid()),
+        gid: i64::from(user.gid()),
+        supplemental_groups: user.additional_gids().iter().flatten().map(|g| i64::from(*g)).collect(),
+    };
+    let path = dir.join(USER_FILE);
+    crate::atomic::write_json(&path, &run_as).map_err(crate::Error::io("cannot write", &path))
+}
+
+/// `None` for containers created before the file existed (or when it cannot be read).
+fn load_user(dir: &std::path::Path) -> Option<v1::ContainerUser> {
+    let text = std::fs::read(dir.join(USER_FILE)).ok()?;
+    let run_as: RunAs = serde_json::from_slice(&text).ok()?;
+    Some(v1::ContainerUser {
+        linux: Some(v1::LinuxContainerUser { uid: run_as.uid, gid: run_as.gid, supplemental_groups: run_as.supplemental_groups }),
+    })
+}
+
 /// Reason given when the pod's monitor died before the container's exit was recorded.
 pub const MONITOR_LOST: &str = "MonitorLost";
 
@@ -86,7 +117,7 @@ impl Runtime {
             log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             resources: super::update::status_resources(&c),
             image_id: r.image_id.clone(),
-            user: None,
+            user: load_user(&r.dir),
         };
         Ok(v1::ContainerStatusResponse { status: Some(status), info })
     }
