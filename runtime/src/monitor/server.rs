@@ -249,6 +249,12 @@ impl Monitor {
             for conn in waiters {
                 self.send(conn, &Response::Ok);
             }
+            // The exit is recorded (OOM included) and the waiters answered: release the
+            // container's youki state and cgroup now, as containerd deletes the task on exit,
+            // so RemoveContainer is bookkeeping only. Remove calls it again (a no-op then).
+            if let Err(e) = super::launch::delete(&self.youki_root(), &id) {
+                tracing::warn!(container_id = %id, error = %e, "cannot release the exited container's runtime state yet");
+            }
         }
     }
 
