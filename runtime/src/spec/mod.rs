@@ -14,6 +14,7 @@
 //! devices are applied afterwards by [`cdi`], which reads the node's CDI spec files.
 
 pub mod capabilities;
+mod cgroup_mounts;
 pub mod cdi;
 pub mod devices;
 mod host;
@@ -87,7 +88,15 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec> {
         readonly_rootfs: sc.readonly_rootfs,
         recursive_readonly: input.host.recursive_readonly,
     };
-    let mounts = mounts::container_mounts(input.config, input.files, mount_opts)?;
+    let mut mounts = mounts::container_mounts(input.config, input.files, mount_opts)?;
+    if !input.host.cgroup_v2 {
+        // On v1, /sys/fs/cgroup is laid out here rather than by libcontainer (see cgroup_mounts).
+        let at = mounts.mounts.iter().position(|m| m.destination() == Path::new("/sys/fs/cgroup") && m.typ().as_deref() == Some("cgroup"));
+        if let Some(at) = at {
+            let v1 = cgroup_mounts::v1_mounts(input.cgroups_path, mount_opts.privileged);
+            mounts.mounts.splice(at..=at, v1);
+        }
+    }
     linux.set_rootfs_propagation(mounts.rootfs_propagation);
 
     let hostname = pod_hostname(input.pod, ns.host_network);

@@ -164,7 +164,7 @@ fn propagation(value: i32) -> Result<Propagation> {
     }
 }
 
-fn mount(dest: &str, typ: &str, source: &Path, options: &[&str]) -> Mount {
+pub(super) fn mount(dest: &str, typ: &str, source: &Path, options: &[&str]) -> Mount {
     let mut m = Mount::default();
     m.set_destination(PathBuf::from(dest));
     m.set_typ(Some(typ.to_string()));
