@@ -108,6 +108,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let runtime = tokio::task::spawn_blocking(move || capstan_runtime::Runtime::open(options))
         .await
         .map_err(|e| capstan_runtime::Error::Internal(e.to_string()))??;
+    // Before serving: what a crash left half-made must never be visible.
+    runtime.recover().await;
     let (listener, owner) = bind(&config.socket)?;
     let runtime = Arc::new(runtime);
     let metrics = Arc::new(crate::metrics::Metrics::new());

@@ -169,6 +169,27 @@ impl Daemon {
         child.wait().ok()
     }
 
+    /// Sets (or, with `None`, removes) a variable of the daemon's environment for the next
+    /// start (crash tests start it with `CAPSTAN_CRASH_AT` and restart it without).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.options.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.options.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Waits up to `within` for the daemon process to exit by itself; true when it has.
+    pub async fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                None | Some(Ok(Some(_))) | Some(Err(_)) => return true,
+                Some(Ok(None)) if Instant::now() >= deadline => return false,
+                Some(Ok(None)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     /// Starts the daemon again on the same directories (after `kill9` or `stop`).
     pub async fn restart(&mut self) {
         if self.child.is_some() {

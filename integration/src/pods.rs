@@ -301,3 +301,73 @@ impl Drop for OnePod {
         .join();
     }
 }
+
+/// What the daemon of `daemon` still holds on this machine: mounts under its root or state
+/// dir, processes naming them (monitors, containers), cgroups of the pods listed in `pods`
+/// (ids), and records under `<root>/pods`, `<root>/containers`, `<state>/pods`. Empty when
+/// everything it made is gone.
+pub fn daemon_leftovers(daemon: &Daemon, pods: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let needles = [daemon.root().display().to_string(), daemon.state().display().to_string()];
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    found.extend(mountinfo.lines().filter(|l| needles.iter().any(|n| l.contains(n.as_str()))).map(|l| format!("mount: {l}")));
+    let daemon_pid = daemon.pid().map(|p| p.to_string());
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if Some(&pid) == daemon_pid.as_ref() {
+            continue;
+        }
+        let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if needles.iter().any(|n| cmdline.contains(n.as_str())) && !stat.contains(") Z ") {
+            found.push(format!("process {pid}: {cmdline}"));
+        }
+    }
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|h| h.path());
+    for hierarchy in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(hierarchies) {
+        for pod in pods {
+            let dir = hierarchy.join("capstan").join(pod);
+            if dir.exists() {
+                found.push(format!("cgroup: {}", dir.display()));
+            }
+        }
+    }
+    for records in [daemon.root().join("pods"), daemon.root().join("containers"), daemon.state().join("pods")] {
+        for e in std::fs::read_dir(&records).into_iter().flatten().flatten() {
+            found.push(format!("file: {}", e.path().display()));
+        }
+    }
+    found
+}
+
+/// [`daemon_leftovers`] after giving exiting processes a few seconds.
+pub async fn wait_no_leftovers(daemon: &Daemon, pods: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = daemon_leftovers(daemon, pods);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl BridgeNet {
+    /// Host ends of veths still attached to the bridge, and addresses host-local still
+    /// holds in `daemon`'s IPAM dir: both are empty once every pod is gone.
+    pub fn leftovers(&self, daemon: &Daemon) -> Vec<String> {
+        let out = std::process::Command::new("ip").args(["-o", "link", "show", "master", &self.bridge]).output();
+        let mut found: Vec<String> = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(|l| format!("veth: {l}")).collect())
+            .unwrap_or_default();
+        for net in std::fs::read_dir(daemon.scratch().join("ipam")).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(net.path()).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.parse::<std::net::IpAddr>().is_ok() {
+                    found.push(format!("ip reservation: {}", e.path().display()));
+                }
+            }
+        }
+        found
+    }
+}

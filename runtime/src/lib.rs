@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod cgroups;
 pub mod container;
+pub mod crashpoint;
 pub mod error;
 pub mod events;
 pub mod id;

@@ -50,6 +50,7 @@ impl Runtime {
                 }
             };
             let _lock = c.lock.lock().await;
+            crate::crashpoint::hit("create_container:after_record");
             match self.build_container(&pod, &c, &resolved).await {
                 Ok(()) => {
                     tracing::info!("container created");
@@ -101,6 +102,7 @@ impl Runtime {
         let record = &c.record;
         // The record exists before the mount, so a failure (or a crash) still unmounts.
         let rootfs = self.mount_rootfs(resolved, &record.dir).await?;
+        crate::crashpoint::hit("create_container:after_rootfs");
         let ctx = SpecContext {
             config: &record.config,
             pod,
@@ -114,6 +116,7 @@ impl Runtime {
         crate::create_private_dir(&bundle)?;
         let spec_path = bundle.join("config.json");
         spec.save(&spec_path).map_err(|e| Error::Internal(format!("cannot write {}: {e}", spec_path.display())))?;
+        crate::crashpoint::hit("create_container:after_bundle");
         let create = CreateContainer {
             id: record.id.clone(),
             bundle,
@@ -124,6 +127,7 @@ impl Runtime {
             stdin_once: record.config.stdin_once,
         };
         client::call(&pod.pod_dir, &Request::Create(create), client::CALL_TIMEOUT).await?;
+        crate::crashpoint::hit("create_container:after_monitor_create");
         Ok(())
     }
 }

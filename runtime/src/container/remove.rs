@@ -25,6 +25,7 @@ impl Runtime {
         if let Some(s) = &sandbox {
             self.stop_locked(&s.record(), &c, 0).await?;
         }
+        crate::crashpoint::hit("remove_container:after_stop");
         self.forget_container(&c).await?;
         tracing::info!(container_id = %c.record.id, "container removed");
         Ok(())
@@ -43,8 +44,11 @@ impl Runtime {
                 let _ = tokio::task::spawn_blocking(move || crate::cgroups::kill_and_remove(&cgroup)).await;
             }
         }
+        crate::crashpoint::hit("remove_container:after_monitor_remove");
         self.unmount_rootfs(&c.record.dir).await?;
+        crate::crashpoint::hit("remove_container:after_unmount");
         self.containers.remove(c)?;
+        crate::crashpoint::hit("remove_container:after_record_removed");
         self.container_event(&c.record.pod_id, &c.record.id, cri_proto::v1::ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }

@@ -24,7 +24,9 @@ impl Runtime {
         if !pod.monitor_alive() {
             return Err(Error::FailedPrecondition(format!("pod sandbox {} is not running", pod.id)));
         }
+        crate::crashpoint::hit("start_container:before_start");
         client::call(&pod.pod_dir, &Request::Start { id: c.record.id.clone() }, client::CALL_TIMEOUT).await?;
+        crate::crashpoint::hit("start_container:after_start");
         tracing::info!(container_id = %c.record.id, pod_id = %pod.id, "container started");
         self.container_event(&pod.id, &c.record.id, cri_proto::v1::ContainerEventType::ContainerStartedEvent);
         Ok(())

@@ -38,7 +38,9 @@ impl Runtime {
         let request = Request::Stop { id: c.record.id.clone(), signal, timeout_ms };
         // The monitor answers once the container has exited: the timeout, then SIGKILL.
         let deadline = Duration::from_millis(timeout_ms) + client::CALL_TIMEOUT;
+        crate::crashpoint::hit("stop_container:before_stop");
         client::call(&pod.pod_dir, &request, deadline).await?;
+        crate::crashpoint::hit("stop_container:after_stop");
         self.container_event(&pod.id, &c.record.id, cri_proto::v1::ContainerEventType::ContainerStoppedEvent);
         Ok(())
     }

@@ -226,12 +226,14 @@ impl Inner {
             result?;
         }
 
+        crate::crashpoint::hit("pull_image:after_blobs");
         self.store.write_blob(&resolved.manifest_digest, &resolved.manifest_bytes)?;
         if let Some((digest, bytes)) = &resolved.index {
             self.store.write_blob(digest, bytes)?;
         }
         let size = layers.iter().map(|l| l.size).sum::<u64>() + config_bytes.len() as u64;
         let top = resolved.index.as_ref().map(|(d, _)| d.clone()).unwrap_or_else(|| resolved.manifest_digest.clone());
+        crate::crashpoint::hit("pull_image:before_record");
         let record = ImageRecord {
             id: config_digest.clone(),
             repo_tags: Vec::new(),
@@ -245,6 +247,7 @@ impl Inner {
             updated_ns: 0,
         };
         self.store.commit(record, image.tagged(), image.with_digest(&top))?;
+        crate::crashpoint::hit("pull_image:after_record");
         tracing::info!(
             image = %image.canonical(), id = %config_digest, host = %origin, size,
             elapsed_ms = started.elapsed().as_millis() as u64, "image pulled"

@@ -2,6 +2,7 @@
 
 mod files;
 mod list;
+mod recover;
 mod network;
 mod port_forward;
 mod remove;

@@ -20,6 +20,7 @@ impl Runtime {
         let _exclusive = sandbox.lock.write().await;
         let snapshot = self.sandbox_snapshot(&sandbox.id);
         self.destroy_sandbox(&sandbox, Teardown::Strict).await?;
+        crate::crashpoint::hit("remove_pod_sandbox:after_record_removed");
         self.sandbox_deleted(&sandbox.id, snapshot);
         tracing::info!(pod_id = %sandbox.id, "pod sandbox removed");
         Ok(())
@@ -28,10 +29,12 @@ impl Runtime {
     /// Tears down everything the pod's record says exists; the caller holds its lock.
     pub(crate) async fn destroy_sandbox(&self, sandbox: &Sandbox, how: Teardown) -> Result<()> {
         self.stop_sandbox_locked(sandbox, how).await?;
+        crate::crashpoint::hit("remove_pod_sandbox:after_stop");
         for c in self.containers.of_pod(&sandbox.id) {
             let _c = c.lock.lock().await;
             self.forget_container(&c).await?;
         }
+        crate::crashpoint::hit("remove_pod_sandbox:after_containers");
         let record = sandbox.record();
         let cgroups = record.cgroups.clone();
         let pod_dir = record.pod_dir.clone();
@@ -47,6 +50,7 @@ impl Runtime {
         })
         .await
         .map_err(|e| Error::Internal(format!("cleanup task failed: {e}")))??;
+        crate::crashpoint::hit("remove_pod_sandbox:after_pod_dir");
         self.sandboxes.remove(sandbox)
     }
 }

@@ -30,8 +30,10 @@ impl Runtime {
                 }
             };
             let _exclusive = sandbox.lock.write().await;
+            crate::crashpoint::hit("run_pod_sandbox:after_record");
             match self.create_sandbox(&sandbox).await {
                 Ok(()) => {
+                    crate::crashpoint::hit("run_pod_sandbox:after_ready");
                     tracing::info!("pod sandbox ready");
                     self.sandbox_event(&id, v1::ContainerEventType::ContainerCreatedEvent);
                     Ok(id.clone())
@@ -103,10 +105,13 @@ impl Runtime {
             // `CAPSTAN_MONITOR_LOG=debug` in the daemon's environment for libcontainer's detail.
             log_level: std::env::var("CAPSTAN_MONITOR_LOG").unwrap_or_else(|_| "info".into()),
         };
+        crate::crashpoint::hit("run_pod_sandbox:after_pod_files");
         tracing::debug!("pod files written; starting the monitor");
         let info = client::spawn(&client::binary(), &config).await?;
         tracing::debug!(monitor_pid = info.pid, infra_pid = ?info.infra_pid, "monitor started");
+        crate::crashpoint::hit("run_pod_sandbox:after_monitor");
         let network = self.setup_pod_network(sandbox, &info).await?;
+        crate::crashpoint::hit("run_pod_sandbox:after_network");
         sandbox.update(&self.sandboxes, |r| {
             r.monitor = Some(info);
             r.network = network.or(r.network.take());

@@ -48,6 +48,7 @@ impl Runtime {
                 self.status_changed(&c.record.id);
             }
         }
+        crate::crashpoint::hit("stop_pod_sandbox:after_kill_containers");
         match self.teardown_pod_network(sandbox).await {
             Ok(()) => {}
             // A failed DEL is reported so kubelet retries the call; the network plugins
@@ -55,9 +56,12 @@ impl Runtime {
             Err(e) if how == Teardown::Strict => return Err(e),
             Err(e) => tracing::warn!(pod_id = %record.id, error = %e, "CNI DEL failed; going on with the teardown"),
         }
+        crate::crashpoint::hit("stop_pod_sandbox:after_network");
         self.shutdown_monitor(&record).await?;
+        crate::crashpoint::hit("stop_pod_sandbox:after_monitor");
         if record.state != SandboxState::NotReady {
             sandbox.update(&self.sandboxes, |r| r.state = SandboxState::NotReady)?;
+            crate::crashpoint::hit("stop_pod_sandbox:after_record");
             tracing::info!(pod_id = %record.id, "pod sandbox stopped");
             self.sandbox_event(&record.id, cri_proto::v1::ContainerEventType::ContainerStoppedEvent);
         }
