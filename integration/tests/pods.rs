@@ -5,45 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use capstan_integration::daemon::{Daemon, DaemonOptions};
+use capstan_integration::pods::Cleanup;
 use cri_proto::RuntimeServiceClient;
 use cri_proto::v1;
 use tonic::Code;
 use tonic::transport::Channel;
 
 type Rt = RuntimeServiceClient<Channel>;
-
-/// Removes the listed pods when dropped, even when the test panicked half-way.
-struct Cleanup {
-    socket: PathBuf,
-    pods: Vec<String>,
-}
-
-impl Cleanup {
-    fn new(daemon: &Daemon) -> Cleanup {
-        Cleanup { socket: daemon.socket(), pods: Vec::new() }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let socket = self.socket.clone();
-        let pods = std::mem::take(&mut self.pods);
-        if pods.is_empty() {
-            return;
-        }
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let Ok(channel) = cri_proto::unix::connect(&socket).await else { return };
-                let mut client = RuntimeServiceClient::new(channel);
-                for pod in pods {
-                    let _ = client.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 fn sandbox_config(daemon: &Daemon, name: &str) -> v1::PodSandboxConfig {
     v1::PodSandboxConfig {
