@@ -38,6 +38,7 @@ pub struct Config {
     pub cdi: CdiConfig,
     pub node: NodeConfig,
     pub device_plugin: DevicePluginConfig,
+    pub agent: AgentConfig,
 }
 
 /// The Prometheus endpoint.
@@ -109,6 +110,26 @@ impl Default for DevicePluginConfig {
             dir: cri_proto::deviceplugin::v1beta1::DEVICE_PLUGIN_PATH.into(),
             allocate: AllocateMode::Auto,
         }
+    }
+}
+
+/// Agent mode: Capstan as the node agent where no kubelet runs (static pods for now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub enabled: bool,
+    /// kubelet's `staticPodPath`: one v1 Pod per `*.yaml`, `*.yml` or `*.json` file.
+    pub manifest_dir: PathBuf,
+    /// The node's name in static pods' names (`<pod>-<node>`); unset: the hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// How often the manifest directory is read and pods are reconciled.
+    pub sync_period_seconds: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig { enabled: false, manifest_dir: "/etc/capstan/manifests".into(), node_name: None, sync_period_seconds: 10 }
     }
 }
 
@@ -205,6 +226,7 @@ impl Default for Config {
             cdi: CdiConfig::default(),
             node: NodeConfig::default(),
             device_plugin: DevicePluginConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }
