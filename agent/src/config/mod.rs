@@ -283,7 +283,9 @@ impl Config {
         if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("metrics.address must be host:port (an IP address and a port), got {:?}", self.metrics.address));
         }
-        for (key, path) in [("socket", &self.socket), ("root", &self.root), ("state", &self.state)] {
+        for (key, path) in
+            [("socket", &self.socket), ("root", &self.root), ("state", &self.state), ("agent.manifest_dir", &self.agent.manifest_dir)]
+        {
             if !path.is_absolute() {
                 return Err(format!("{key} must be an absolute path, got {:?}", path.display()));
             }
@@ -293,6 +295,14 @@ impl Config {
             return Err("images.max_concurrent_downloads must be at least 1".into());
         }
         self.streaming.options()?;
+        if self.agent.sync_period_seconds == 0 {
+            return Err("agent.sync_period_seconds must be at least 1".into());
+        }
+        if let Some(name) = &self.agent.node_name
+            && (name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+        {
+            return Err(format!("agent.node_name must be a lowercase DNS name, got {name:?}"));
+        }
         Ok(())
     }
 
@@ -356,6 +366,19 @@ mod tests {
     fn relative_paths_and_bad_values_are_rejected() {
         assert!(Config::parse("root = \"var/lib\"\n", Path::new("c")).unwrap_err().to_string().contains("root"));
         assert!(Config::parse("[cgroup]\ndriver = \"cgroupv3\"\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn agent_section_is_checked() {
+        let c = Config::parse("[agent]\nenabled = true\nnode_name = \"edge-1\"\nsync_period_seconds = 2\n", Path::new("c")).unwrap();
+        assert!(c.agent.enabled);
+        assert_eq!((c.agent.node_name.as_deref(), c.agent.sync_period_seconds), (Some("edge-1"), 2));
+        assert_eq!(c.agent.manifest_dir, PathBuf::from("/etc/capstan/manifests"));
+        assert!(!Config::default().agent.enabled, "agent mode is off by default");
+        for bad in ["manifest_dir = \"m\"", "sync_period_seconds = 0", "node_name = \"Edge_1\""] {
+            let err = Config::parse(&format!("[agent]\n{bad}\n"), Path::new("c")).unwrap_err().to_string();
+            assert!(err.contains("agent."), "{bad}: {err}");
+        }
     }
 
     #[test]
