@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .map_err(|e| capstan_runtime::Error::Internal(e.to_string()))??;
     let (listener, owner) = bind(&config.socket)?;
     let runtime = Arc::new(runtime);
+    let runtime_ready = runtime.runtime_ready().is_ok();
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let streaming_options = config.streaming.options().map_err(ServerError::StreamingConfig)?;
     let streaming = Arc::new(StreamingServer::start(streaming_options, runtime.clone()).await?);
@@ -147,7 +148,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Err(_) => None, // empty: off (the config check rejects anything else)
     };
     let device_plugin = crate::device_plugin::spawn(&config, stop_rx.clone());
-    let agent = crate::agent_mode::spawn(&config, cri.clone(), stop_rx.clone());
+    let agent = crate::agent_mode::spawn(&config, cri.clone(), runtime_ready, stop_rx.clone());
     let serve = tonic::transport::Server::builder()
         .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics))
         .add_service(RuntimeServiceServer::from_arc(cri.clone()))

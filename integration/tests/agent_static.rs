@@ -311,4 +311,7 @@ async fn static_pods_follow_their_manifest_files() {
     let log = t.daemon.log();
     assert!(log.contains("invalid static pod manifest") && log.contains("broken.yaml"), "broken manifest not reported:\n{log}");
     assert_eq!(log.matches("invalid static pod manifest").count(), 1, "a broken file is reported once per content");
+    // The Node the agent would register (not sent anywhere in this slice).
+    let node_line = log.lines().find(|l| l.contains("this node's Node object")).expect("Node object logged");
+    assert!(node_line.contains("capstan://") && node_line.contains(r#""kubernetes.io/hostname":"testnode""#), "{node_line}");
 }

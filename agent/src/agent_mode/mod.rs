@@ -6,6 +6,7 @@
 //! server as a pod source are not here yet.
 
 mod manifests;
+mod node;
 mod pod_sync;
 mod quantity;
 mod status;
@@ -51,7 +52,12 @@ impl AgentError {
 
 /// Starts the sync loop when `[agent] enabled`; it ends when `stop` turns true. Static
 /// pods keep running when the daemon stops, as with kubelet; the next start replaces them.
-pub fn spawn(config: &Config, cri: Arc<Cri>, stop: tokio::sync::watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    config: &Config,
+    cri: Arc<Cri>,
+    runtime_ready: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
     if !config.agent.enabled {
         return None;
     }
@@ -60,6 +66,13 @@ pub fn spawn(config: &Config, cri: Arc<Cri>, stop: tokio::sync::watch::Receiver<
     let pods_dir = config.root.join("agent").join("pods");
     let manifests = ManifestDir::new(config.agent.manifest_dir.clone(), node_name.clone());
     tracing::info!(manifest_dir = %config.agent.manifest_dir.display(), node = %node_name, period_secs = period.as_secs(), "agent mode: serving static pods");
+    match node::gather(config, &node_name, runtime_ready) {
+        Ok(facts) => match serde_json::to_string(&node::node_object(&facts)) {
+            Ok(json) => tracing::info!(node = %json, "agent mode: this node's Node object (not registered: no API server in this mode yet)"),
+            Err(e) => tracing::warn!(error = %e, "cannot encode the Node object"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot gather the node's facts"),
+    }
     let agent = Agent { cri, pods_dir, manifests, pods: BTreeMap::new() };
     Some(tokio::spawn(agent.run(period, stop)))
 }
