@@ -288,9 +288,11 @@ mod tests {
     #[test]
     fn this_hosts_facts_are_plausible() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.root = dir.path().to_path_buf();
-        config.node.host_root = dir.path().to_path_buf();
+        let config = Config {
+            root: dir.path().to_path_buf(),
+            node: crate::config::NodeConfig { host_root: dir.path().to_path_buf(), ..Default::default() },
+            ..Default::default()
+        };
         let f = gather(&config, "here", true).unwrap();
         assert!(f.cpus >= 1 && f.memory_total > f.memory_available && f.memory_available > 0, "{f:?}");
         assert!(f.disk_total >= f.disk_available && f.disk_total > 0, "{f:?}");
