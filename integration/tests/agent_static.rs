@@ -2,7 +2,7 @@
 //! directory of the test's own, a 1 s sync): pods made from manifest files, with kubelet's
 //! names, labels and annotations; two containers sharing a memory emptyDir; a hostPath
 //! DirectoryOrCreate; restartPolicy OnFailure (a clean exit is not restarted) and Always
-//! (restarted after back-off, counted); an edited file replaces the pod, a removed one
+//! (restarted after back-off, counted); a daemon restart adopts the pods; an edited file replaces the pod, a removed one
 //! removes it and every mount it had; a broken file is logged by name and skipped.
 
 use std::collections::HashMap;
@@ -271,6 +271,19 @@ async fn static_pods_follow_their_manifest_files() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A daemon restart adopts the running static pods instead of restarting them: same
+    // sandbox, same server container, and the finished `once` is still not rerun.
+    t.daemon.restart().await;
+    t.rt = t.daemon.runtime_client().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(t.wait_sandbox("web-testnode", None).await.id, web.id, "web pod replaced by a restart");
+    let cs = t.containers(&web.id).await;
+    assert_eq!(cs.len(), 2, "{cs:#?}");
+    let server = cs.iter().find(|c| c.id == server_id).expect("server container kept");
+    assert_eq!(server.state, v1::ContainerState::ContainerRunning as i32);
+    assert!(cs.iter().any(|c| c.id == once_id), "{cs:#?}");
+    assert!(t.daemon.log().contains("adopted a static pod from a previous run"));
+
     // Editing the file replaces the pod: a new sandbox (new uid), the old one and its
     // tmpfs gone.
     std::fs::write(&web_file, web_manifest(&t.image, &host_dir, "2")).unwrap();
@@ -310,7 +323,8 @@ async fn static_pods_follow_their_manifest_files() {
 
     let log = t.daemon.log();
     assert!(log.contains("invalid static pod manifest") && log.contains("broken.yaml"), "broken manifest not reported:\n{log}");
-    assert_eq!(log.matches("invalid static pod manifest").count(), 1, "a broken file is reported once per content");
+    // Once per content and daemon run (the log spans both runs), not once per 1 s scan.
+    assert_eq!(log.matches("invalid static pod manifest").count(), 2, "a broken file is reported once per content");
     // The Node the agent would register (not sent anywhere in this slice).
     let node_line = log.lines().find(|l| l.contains("this node's Node object")).expect("Node object logged");
     assert!(node_line.contains("capstan://") && node_line.contains(r#""kubernetes.io/hostname":"testnode""#), "{node_line}");

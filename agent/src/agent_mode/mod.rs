@@ -51,7 +51,7 @@ impl AgentError {
 }
 
 /// Starts the sync loop when `[agent] enabled`; it ends when `stop` turns true. Static
-/// pods keep running when the daemon stops, as with kubelet; the next start replaces them.
+/// pods keep running when the daemon stops, as with kubelet; the next start adopts them.
 pub fn spawn(
     config: &Config,
     cri: Arc<Cri>,
@@ -87,7 +87,7 @@ struct Agent {
 
 impl Agent {
     async fn run(mut self, period: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        self.remove_leftovers().await;
+        self.recover().await;
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -103,25 +103,44 @@ impl Agent {
         tracing::info!(pods = self.pods.len(), "agent mode stopped; static pods keep running");
     }
 
-    /// Static pods a previous daemon started are not adopted yet: they go, and the sync
-    /// makes them again from their manifests.
-    async fn remove_leftovers(&mut self) {
+    /// Static pods a previous daemon started: a ready one whose manifest is unchanged (same
+    /// uid) is adopted, so a daemon restart does not restart the node's static pods; any
+    /// other goes, with its volumes.
+    async fn recover(&mut self) {
         use cri_proto::RuntimeService;
         let filter = v1::PodSandboxFilter {
             label_selector: [(pod_sync::MANAGED_BY.to_string(), "static".to_string())].into(),
             ..Default::default()
         };
         let request = tonic::Request::new(v1::ListPodSandboxRequest { filter: Some(filter) });
-        let Ok(list) = RuntimeService::list_pod_sandbox(&*self.cri, request).await else { return };
-        for sandbox in list.into_inner().items {
+        let list = match RuntimeService::list_pod_sandbox(&*self.cri, request).await {
+            Ok(list) => list.into_inner().items,
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "cannot list static pods left by a previous run");
+                return;
+            }
+        };
+        let desired = self.manifests.scan();
+        for sandbox in list {
+            let uid = sandbox.labels.get(pod_sync::POD_UID).cloned().unwrap_or_default();
+            let ready = sandbox.state == v1::PodSandboxState::SandboxReady as i32;
+            let source = desired.values().find(|d| d.hash == uid && !self.pods.contains_key(&d.file)).cloned();
+            if let (true, Some(source)) = (ready, source) {
+                let file = source.file.clone();
+                match pod_sync::adopt(&self.cri, self.pods_dir.clone(), source, sandbox.id.clone()).await {
+                    Ok(pod) => {
+                        self.pods.insert(file, pod);
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot adopt static pod; replacing it"),
+                }
+            }
             tracing::info!(sandbox = %sandbox.id, "removing a static pod left by a previous run");
             let id = sandbox.id.clone();
             let _ = RuntimeService::stop_pod_sandbox(&*self.cri, tonic::Request::new(v1::StopPodSandboxRequest { pod_sandbox_id: id.clone() })).await;
             let _ = RuntimeService::remove_pod_sandbox(&*self.cri, tonic::Request::new(v1::RemovePodSandboxRequest { pod_sandbox_id: id })).await;
-            if let Some(uid) = sandbox.labels.get(pod_sync::POD_UID)
-                && let Ok(pv) = capstan_volumes::PodVolumes::new(&self.pods_dir, uid)
-            {
-                let dir = self.pods_dir.join(uid);
+            if let Ok(pv) = capstan_volumes::PodVolumes::new(&self.pods_dir, &uid) {
+                let dir = self.pods_dir.join(&uid);
                 let _ = tokio::task::spawn_blocking(move || {
                     if pv.teardown_all(true).is_ok() {
                         let _ = std::fs::remove_dir_all(dir);

@@ -98,6 +98,55 @@ pub async fn start(cri: &Arc<Cri>, pods_dir: PathBuf, source: StaticPod) -> Resu
     })
 }
 
+/// Takes over a pod a previous daemon started from the same manifest content (same uid):
+/// its volumes are set up again (a no-op when they still are), its containers are found
+/// by name, the newest attempt of each being the current one.
+#[tracing::instrument(skip_all, fields(pod = %source.name(), sandbox = %sandbox_id))]
+pub async fn adopt(cri: &Arc<Cri>, pods_dir: PathBuf, source: StaticPod, sandbox_id: String) -> Result<RunningPod, AgentError> {
+    let spec = source.pod.spec.clone().unwrap_or_default();
+    let wanted = volumes::convert(&spec).map_err(AgentError::Invalid)?;
+    let uid = source.hash.clone();
+    let pod_dir = pods_dir.join(&uid);
+    let (pod_volumes, volume_paths) = tokio::task::spawn_blocking(move || {
+        let pv = PodVolumes::new(&pods_dir, &uid).map_err(|e| AgentError::Volume(e.to_string()))?;
+        let mut paths = HashMap::new();
+        for v in &wanted {
+            paths.insert(v.name.clone(), pv.setup(v).map_err(|e| AgentError::Volume(format!("volume {:?}: {e}", v.name)))?);
+        }
+        Ok::<_, AgentError>((pv, paths))
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    let filter = v1::ContainerFilter { pod_sandbox_id: sandbox_id.clone(), ..Default::default() };
+    let listed = RuntimeService::list_containers(&**cri, Request::new(v1::ListContainersRequest { filter: Some(filter) }))
+        .await
+        .map_err(cri_err("ListContainers"))?
+        .into_inner()
+        .containers;
+    let mut containers: BTreeMap<String, Tracked> = spec.containers.iter().map(|c| (c.name.clone(), Tracked::default())).collect();
+    for c in listed {
+        let Some(meta) = c.metadata else { continue };
+        if let Some(t) = containers.get_mut(&meta.name)
+            && (t.id.is_none() || meta.attempt >= t.restarts)
+        {
+            t.id = Some(c.id);
+            t.restarts = meta.attempt;
+            t.started = Some(Instant::now());
+        }
+    }
+    tracing::info!(containers = containers.values().filter(|t| t.id.is_some()).count(), "adopted a static pod from a previous run");
+    Ok(RunningPod {
+        sandbox_config: sandbox_config(&source, &pod_dir),
+        source,
+        sandbox_id,
+        volumes: pod_volumes,
+        volume_paths,
+        containers,
+        pod_dir,
+        started_at: std::time::SystemTime::now(),
+    })
+}
+
 /// Brings the containers in line with the spec and `restartPolicy`.
 #[tracing::instrument(skip_all, fields(pod = %pod.source.name(), sandbox = %pod.sandbox_id))]
 pub async fn sync(cri: &Arc<Cri>, pod: &mut RunningPod) {
