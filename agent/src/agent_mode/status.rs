@@ -137,6 +137,70 @@ pub fn qos_class(spec: &k8s::PodSpec) -> &'static str {
 mod tests {
     use super::*;
 
+    fn pod(policy: &str, dir: &std::path::Path, tracked: &[(&str, Option<&str>, u32, bool)]) -> RunningPod {
+        let containers: Vec<_> = tracked.iter().map(|(n, ..)| serde_json::json!({"name": n, "image": "i"})).collect();
+        let manifest = serde_json::json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": policy, "containers": containers}});
+        RunningPod {
+            source: super::super::manifests::StaticPod {
+                file: "/m/p.yaml".into(),
+                hash: "h".into(),
+                pod: serde_json::from_value(manifest).unwrap(),
+            },
+            sandbox_id: "s".into(),
+            sandbox_config: Default::default(),
+            volumes: capstan_volumes::PodVolumes::new(dir, "h").unwrap(),
+            volume_paths: Default::default(),
+            containers: tracked
+                .iter()
+                .map(|(n, id, restarts, done)| {
+                    let mut t = Tracked::default();
+                    (t.id, t.restarts, t.done) = (id.map(String::from), *restarts, *done);
+                    (n.to_string(), t)
+                })
+                .collect(),
+            pod_dir: dir.join("h"),
+            started_at: std::time::SystemTime::now(),
+        }
+    }
+
+    fn cri(state: v1::ContainerState, exit_code: i32) -> v1::ContainerStatus {
+        v1::ContainerStatus { state: state as i32, exit_code, started_at: 1_700_000_000_000_000_000, ..Default::default() }
+    }
+
+    #[test]
+    fn phase_and_container_states_follow_the_restart_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let exited = v1::ContainerState::ContainerExited;
+        let running = v1::ContainerState::ContainerRunning;
+        // OnFailure: a server running and a finished helper → Running, helper terminated.
+        let p = pod("OnFailure", dir.path(), &[("server", Some("a"), 0, false), ("once", Some("b"), 0, true)]);
+        let st = pod_status(&p, &HashMap::from([("server".into(), cri(running, 0)), ("once".into(), cri(exited, 0))]));
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        let cs = st.container_statuses.unwrap();
+        assert!(cs[0].state.as_ref().unwrap().running.is_some() && cs[0].ready);
+        assert_eq!(cs[1].state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 0);
+        assert_eq!(cs[0].container_id.as_deref(), Some("capstan://a"));
+        // Everything finished cleanly → Succeeded (not under Always).
+        let p = pod("OnFailure", dir.path(), &[("once", Some("b"), 0, true)]);
+        let st = pod_status(&p, &HashMap::from([("once".into(), cri(exited, 0))]));
+        assert_eq!(st.phase.as_deref(), Some("Succeeded"));
+        // Never with a failure → Failed.
+        let p = pod("Never", dir.path(), &[("once", Some("b"), 0, true)]);
+        let st = pod_status(&p, &HashMap::from([("once".into(), cri(exited, 3))]));
+        assert_eq!(st.phase.as_deref(), Some("Failed"));
+        // Always, exited and waiting for its back-off: CrashLoopBackOff, restarts counted.
+        let p = pod("Always", dir.path(), &[("crash", Some("c"), 4, false)]);
+        let st = pod_status(&p, &HashMap::from([("crash".into(), cri(exited, 0))]));
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        let cs = &st.container_statuses.unwrap()[0];
+        assert_eq!(cs.restart_count, 4);
+        assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
+        assert!(!cs.ready);
+        // Not started yet → Pending.
+        let p = pod("Always", dir.path(), &[("c", None, 0, false)]);
+        assert_eq!(pod_status(&p, &HashMap::new()).phase.as_deref(), Some("Pending"));
+    }
+
     #[test]
     fn qos_classes() {
         let spec = |c: serde_json::Value| -> k8s::PodSpec { serde_json::from_value(serde_json::json!({"containers": [c]})).unwrap() };
