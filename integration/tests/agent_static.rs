@@ -1,6 +1,6 @@
 //! Agent mode's static pods against the real daemon (`[agent] enabled = true`, a manifest
 //! directory of the test's own, a 1 s sync): pods made from manifest files, with kubelet's
-//! names, labels and annotations; two containers sharing a memory emptyDir; a hostPath
+//! names, labels and annotations; resources in the cgroup; two containers sharing a memory emptyDir; a hostPath
 //! DirectoryOrCreate; restartPolicy OnFailure (a clean exit is not restarted) and Always
 //! (restarted after back-off, counted); a daemon restart adopts the pods; an edited file replaces the pod, a removed one
 //! removes it and every mount it had; a broken file is logged by name and skipped.
@@ -232,6 +232,24 @@ async fn static_pods_follow_their_manifest_files() {
     let once: Vec<_> = cs.iter().filter(|c| c.metadata.as_ref().unwrap().name == "once").collect();
     assert_eq!(once.len(), 1, "OnFailure restarted a clean exit: {cs:#?}");
     assert_eq!((once[0].id.as_str(), once[0].metadata.as_ref().unwrap().attempt), (once_id.as_str(), 0));
+
+    // resources → kubelet's conversion, in the container's cgroup: requests.cpu 100m → shares
+    // 102, limits.cpu 500m → quota 50000/100000, limits.memory 64Mi.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let cgroup = |controller: &str, file: &str| {
+        let rel = format!("capstan/{}/{server_id}/{file}", web.id);
+        let path = if v2 { Path::new("/sys/fs/cgroup").join(rel) } else { Path::new("/sys/fs/cgroup").join(controller).join(rel) };
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    };
+    if v2 {
+        assert_eq!(cgroup("memory", "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(cgroup("cpu", "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(cgroup("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+        assert_eq!(cgroup("cpu", "cpu.shares"), "102");
+        assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(cgroup("cpu", "cpu.cfs_period_us"), "100000");
+    }
 
     // The emptyDir is one tmpfs of 16 MiB shared by both containers.
     let (code, out) = t.exec(&server_id, &["cat", "/shared/seen-by-once.txt"]).await;
