@@ -2,7 +2,7 @@
 //! directory of the test's own, a 1 s sync): pods made from manifest files, with kubelet's
 //! names, labels and annotations; resources in the cgroup; two containers sharing a memory emptyDir; a hostPath
 //! DirectoryOrCreate; restartPolicy OnFailure (a clean exit is not restarted) and Always
-//! (restarted after back-off, counted); a daemon restart adopts the pods; an edited file replaces the pod, a removed one
+//! (restarted after back-off, counted); a sandbox stopped from outside is made again; a daemon restart adopts the pods; an edited file replaces the pod, a removed one
 //! removes it and every mount it had; a broken file is logged by name and skipped.
 
 use std::collections::HashMap;
@@ -288,6 +288,12 @@ async fn static_pods_follow_their_manifest_files() {
         assert!(Instant::now() < deadline, "restart count never reported: {s:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A sandbox stopped behind the agent's back (crictl stopp) is made again.
+    t.rt.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: crash_sb.id.clone() }).await.unwrap();
+    let crash_again = t.wait_sandbox("crash-testnode", Some(&crash_sb.id)).await;
+    assert_ne!(crash_again.id, crash_sb.id);
+    assert!(t.daemon.log().contains("static pod sandbox is gone or not ready"));
 
     // A daemon restart adopts the running static pods instead of restarting them: same
     // sandbox, same server container, and the finished `once` is still not rerun.

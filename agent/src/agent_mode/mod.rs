@@ -154,12 +154,20 @@ impl Agent {
     async fn sync_once(&mut self) {
         let desired = self.manifests.scan();
         // Removed or changed files: the old pod goes first (a changed file is a new pod).
-        let stale: Vec<PathBuf> = self
+        let mut stale: Vec<PathBuf> = self
             .pods
             .iter()
             .filter(|(file, pod)| desired.get(*file).is_none_or(|d| d.hash != pod.source.hash))
             .map(|(file, _)| file.clone())
             .collect();
+        // A sandbox stopped or removed behind our back (crictl, a crash) is made again, as
+        // kubelet does: the pod goes and the loop below starts it afresh.
+        for (file, pod) in &self.pods {
+            if !stale.contains(file) && !pod_sync::sandbox_ready(&self.cri, &pod.sandbox_id).await {
+                tracing::warn!(file = %file.display(), sandbox = %pod.sandbox_id, "static pod sandbox is gone or not ready; recreating the pod");
+                stale.push(file.clone());
+            }
+        }
         for file in stale {
             if let Some(pod) = self.pods.get(&file) {
                 match pod_sync::remove(&self.cri, pod).await {

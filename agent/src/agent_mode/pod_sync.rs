@@ -262,6 +262,16 @@ async fn container_status(cri: &Arc<Cri>, id: &str) -> Result<v1::ContainerStatu
         .ok_or_else(|| AgentError::Internal(format!("no status for container {id}")))
 }
 
+/// Whether the sandbox still runs. Only a definite answer counts as gone: a failed call is
+/// taken as ready, so a passing error does not replace the pod.
+pub async fn sandbox_ready(cri: &Arc<Cri>, id: &str) -> bool {
+    let request = v1::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false };
+    match RuntimeService::pod_sandbox_status(&**cri, Request::new(request)).await {
+        Ok(r) => r.into_inner().status.is_none_or(|s| s.state == v1::PodSandboxState::SandboxReady as i32),
+        Err(status) => status.code() != tonic::Code::NotFound,
+    }
+}
+
 /// The CRI status of every container the pod tracks.
 pub async fn container_statuses(cri: &Arc<Cri>, pod: &RunningPod) -> HashMap<String, v1::ContainerStatus> {
     let mut out = HashMap::new();
@@ -518,11 +528,14 @@ pub fn resources(c: &k8s::Container) -> Result<v1::LinuxContainerResources, Stri
 #[tracing::instrument(skip_all, fields(pod = %pod.source.name(), sandbox = %pod.sandbox_id))]
 pub async fn remove(cri: &Arc<Cri>, pod: &RunningPod) -> Result<(), AgentError> {
     let id = pod.sandbox_id.clone();
-    RuntimeService::stop_pod_sandbox(&**cri, Request::new(v1::StopPodSandboxRequest { pod_sandbox_id: id.clone() }))
-        .await
+    // Already gone (removed behind our back) is what we want.
+    let gone_ok = |r: Result<(), tonic::Status>| match r {
+        Err(status) if status.code() != tonic::Code::NotFound => Err(status),
+        _ => Ok(()),
+    };
+    gone_ok(RuntimeService::stop_pod_sandbox(&**cri, Request::new(v1::StopPodSandboxRequest { pod_sandbox_id: id.clone() })).await.map(|_| ()))
         .map_err(cri_err("StopPodSandbox"))?;
-    RuntimeService::remove_pod_sandbox(&**cri, Request::new(v1::RemovePodSandboxRequest { pod_sandbox_id: id }))
-        .await
+    gone_ok(RuntimeService::remove_pod_sandbox(&**cri, Request::new(v1::RemovePodSandboxRequest { pod_sandbox_id: id })).await.map(|_| ()))
         .map_err(cri_err("RemovePodSandbox"))?;
     let volumes = pod.volumes.clone();
     let dir = pod.pod_dir.clone();
