@@ -1,9 +1,11 @@
 //! Agent mode's static pods against the real daemon (`[agent] enabled = true`, a manifest
 //! directory of the test's own, a 1 s sync): pods made from manifest files, with kubelet's
-//! names, labels and annotations; resources in the cgroup; two containers sharing a memory emptyDir; a hostPath
-//! DirectoryOrCreate; restartPolicy OnFailure (a clean exit is not restarted) and Always
-//! (restarted after back-off, counted); a sandbox stopped from outside is made again; a daemon restart adopts the pods; an edited file replaces the pod, a removed one
-//! removes it and every mount it had; a broken file is logged by name and skipped.
+//! names, labels and annotations; resources in the cgroup; two containers sharing a memory
+//! emptyDir; a hostPath DirectoryOrCreate; restartPolicy OnFailure (a clean exit is not
+//! restarted) and Always (restarted after back-off, counted); a sandbox stopped from outside
+//! is made again; a daemon restart adopts the pods; an edited file replaces the pod, a
+//! removed one removes it and every mount it had; a broken file is logged by name and
+//! skipped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
