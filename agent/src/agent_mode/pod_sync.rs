@@ -476,8 +476,8 @@ fn container_config(
     Ok(v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata { name: c.name.clone(), attempt }),
         image: Some(v1::ImageSpec { image: image.to_string(), user_specified_image: c.image.clone().unwrap_or_default(), ..Default::default() }),
-        command: c.command.clone().unwrap_or_default(),
-        args: c.args.clone().unwrap_or_default(),
+        command: c.command.iter().flatten().map(|a| expand(a, &envs)).collect(),
+        args: c.args.iter().flatten().map(|a| expand(a, &envs)).collect(),
         working_dir: c.working_dir.clone().unwrap_or_default(),
         envs,
         mounts,
@@ -493,6 +493,32 @@ fn container_config(
         }),
         ..Default::default()
     })
+}
+
+/// Kubernetes' `$(VAR)` references in command and args: a defined variable is replaced,
+/// `$$` is a literal `$`, anything else (undefined, unclosed) stays as written.
+fn expand(arg: &str, envs: &[v1::KeyValue]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(body) = rest.strip_prefix("$(")
+            && let Some(end) = body.find(')')
+            && let Some(kv) = envs.iter().rev().find(|kv| kv.key == body[..end])
+        {
+            out.push_str(&kv.value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// kubelet's conversion: cpu shares from the request (the limit when no request is set,
@@ -578,6 +604,17 @@ mod tests {
         // Tiny limits keep the kernel's minimum quota.
         let c = container(serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "1m"}}}));
         assert_eq!(resources(&c).unwrap().cpu_quota, 1000);
+    }
+
+    #[test]
+    fn command_references_expand_like_kubernetes() {
+        let envs = vec![
+            v1::KeyValue { key: "NAME".into(), value: "web".into() },
+            v1::KeyValue { key: "PORT".into(), value: "80".into() },
+        ];
+        assert_eq!(expand("--name=$(NAME):$(PORT)", &envs), "--name=web:80");
+        assert_eq!(expand("$$(NAME) $(UNSET) $(NAME", &envs), "$(NAME) $(UNSET) $(NAME");
+        assert_eq!(expand("cost $5 $", &envs), "cost $5 $");
     }
 
     #[test]
