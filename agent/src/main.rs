@@ -1,5 +1,6 @@
 //! `capstan`: the Kubernetes CRI runtime daemon and its operator commands.
 
+mod agent_mode;
 mod check;
 mod cli;
 mod config;

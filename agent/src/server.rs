@@ -112,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     runtime.recover().await;
     let (listener, owner) = bind(&config.socket)?;
     let runtime = Arc::new(runtime);
+    let runtime_ready = runtime.runtime_ready().is_ok();
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let streaming_options = config.streaming.options().map_err(ServerError::StreamingConfig)?;
     let streaming = Arc::new(StreamingServer::start(streaming_options, runtime.clone()).await?);
@@ -149,6 +150,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Err(_) => None, // empty: off (the config check rejects anything else)
     };
     let device_plugin = crate::device_plugin::spawn(&config, stop_rx.clone());
+    let agent = crate::agent_mode::spawn(&config, cri.clone(), runtime_ready, stop_rx.clone());
     let serve = tonic::transport::Server::builder()
         .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics))
         .add_service(RuntimeServiceServer::from_arc(cri.clone()))
@@ -177,6 +179,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     if let Some(task) = device_plugin {
         // It saw the stop too and is removing its socket; do not wait on it for long.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    }
+    if let Some(task) = agent {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
     }
     streaming.shutdown().await;

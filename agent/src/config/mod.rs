@@ -38,6 +38,7 @@ pub struct Config {
     pub cdi: CdiConfig,
     pub node: NodeConfig,
     pub device_plugin: DevicePluginConfig,
+    pub agent: AgentConfig,
 }
 
 /// The Prometheus endpoint.
@@ -109,6 +110,26 @@ impl Default for DevicePluginConfig {
             dir: cri_proto::deviceplugin::v1beta1::DEVICE_PLUGIN_PATH.into(),
             allocate: AllocateMode::Auto,
         }
+    }
+}
+
+/// Agent mode: Capstan as the node agent where no kubelet runs (static pods for now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub enabled: bool,
+    /// kubelet's `staticPodPath`: one v1 Pod per `*.yaml`, `*.yml` or `*.json` file.
+    pub manifest_dir: PathBuf,
+    /// The node's name in static pods' names (`<pod>-<node>`); unset: the hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// How often the manifest directory is read and pods are reconciled.
+    pub sync_period_seconds: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig { enabled: false, manifest_dir: "/etc/capstan/manifests".into(), node_name: None, sync_period_seconds: 10 }
     }
 }
 
@@ -205,6 +226,7 @@ impl Default for Config {
             cdi: CdiConfig::default(),
             node: NodeConfig::default(),
             device_plugin: DevicePluginConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -261,7 +283,9 @@ impl Config {
         if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("metrics.address must be host:port (an IP address and a port), got {:?}", self.metrics.address));
         }
-        for (key, path) in [("socket", &self.socket), ("root", &self.root), ("state", &self.state)] {
+        for (key, path) in
+            [("socket", &self.socket), ("root", &self.root), ("state", &self.state), ("agent.manifest_dir", &self.agent.manifest_dir)]
+        {
             if !path.is_absolute() {
                 return Err(format!("{key} must be an absolute path, got {:?}", path.display()));
             }
@@ -271,6 +295,14 @@ impl Config {
             return Err("images.max_concurrent_downloads must be at least 1".into());
         }
         self.streaming.options()?;
+        if self.agent.sync_period_seconds == 0 {
+            return Err("agent.sync_period_seconds must be at least 1".into());
+        }
+        if let Some(name) = &self.agent.node_name
+            && (name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+        {
+            return Err(format!("agent.node_name must be a lowercase DNS name, got {name:?}"));
+        }
         Ok(())
     }
 
@@ -334,6 +366,19 @@ mod tests {
     fn relative_paths_and_bad_values_are_rejected() {
         assert!(Config::parse("root = \"var/lib\"\n", Path::new("c")).unwrap_err().to_string().contains("root"));
         assert!(Config::parse("[cgroup]\ndriver = \"cgroupv3\"\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn agent_section_is_checked() {
+        let c = Config::parse("[agent]\nenabled = true\nnode_name = \"edge-1\"\nsync_period_seconds = 2\n", Path::new("c")).unwrap();
+        assert!(c.agent.enabled);
+        assert_eq!((c.agent.node_name.as_deref(), c.agent.sync_period_seconds), (Some("edge-1"), 2));
+        assert_eq!(c.agent.manifest_dir, PathBuf::from("/etc/capstan/manifests"));
+        assert!(!Config::default().agent.enabled, "agent mode is off by default");
+        for bad in ["manifest_dir = \"m\"", "sync_period_seconds = 0", "node_name = \"Edge_1\""] {
+            let err = Config::parse(&format!("[agent]\n{bad}\n"), Path::new("c")).unwrap_err().to_string();
+            assert!(err.contains("agent."), "{bad}: {err}");
+        }
     }
 
     #[test]
