@@ -108,9 +108,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let runtime = tokio::task::spawn_blocking(move || capstan_runtime::Runtime::open(options))
         .await
         .map_err(|e| capstan_runtime::Error::Internal(e.to_string()))??;
+    // The socket's lock first: a second daemon started by mistake must fail before it
+    // touches the state the running one owns.
+    let (listener, owner) = bind(&config.socket)?;
     // Before serving: what a crash left half-made must never be visible.
     runtime.recover().await;
-    let (listener, owner) = bind(&config.socket)?;
     let runtime = Arc::new(runtime);
     let runtime_ready = runtime.runtime_ready().is_ok();
     let metrics = Arc::new(crate::metrics::Metrics::new());
