@@ -36,14 +36,33 @@ impl Drop for Cleanup {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let Ok(channel) = cri_proto::unix::connect(&socket).await else { return };
-                let mut client = RuntimeServiceClient::new(channel);
                 for pod in pods {
-                    let _ = client.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await;
+                    remove_pod(&socket, &pod).await;
                 }
             });
         })
         .join();
+    }
+}
+
+/// Stops and removes one pod for a [`Cleanup`], on a fresh connection per attempt: a
+/// dropped connection must not leave the pod (and its mounts) behind. Failures are printed.
+async fn remove_pod(socket: &Path, pod: &str) {
+    for attempt in 1..=3 {
+        let result = async {
+            let channel = cri_proto::unix::connect(socket).await.map_err(|e| e.to_string())?;
+            let mut client = RuntimeServiceClient::new(channel);
+            let id = pod.to_string();
+            client.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.map_err(|e| e.to_string())?;
+            client.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id }).await.map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => eprintln!("cleanup: removing pod {pod} failed (attempt {attempt}): {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

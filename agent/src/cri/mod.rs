@@ -76,3 +76,18 @@ impl Cri {
         server.url(request).map_err(to_status)
     }
 }
+
+/// Runs a lifecycle step as its own task. tonic drops a handler's future when the client
+/// goes away (kubelet's call timeout, a killed crictl); a teardown cut off half-way would
+/// leave mounts and cgroups behind, so the step finishes whatever the client does.
+async fn to_completion<T, F>(step: F) -> Result<T, tonic::Status>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = capstan_runtime::Result<T>> + Send + 'static,
+{
+    match tokio::spawn(step).await {
+        Ok(result) => result.map_err(to_status),
+        Err(e) => Err(tonic::Status::internal(format!("the runtime task failed: {e}"))),
+    }
+}
+

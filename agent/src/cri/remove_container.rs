@@ -4,11 +4,12 @@
 use cri_proto::v1::{RemoveContainerRequest, RemoveContainerResponse};
 use tonic::Status;
 
-use super::{Cri, to_status};
+use super::{Cri, to_completion};
 
 impl Cri {
     pub(super) async fn remove_container(&self, req: RemoveContainerRequest) -> Result<RemoveContainerResponse, Status> {
-        self.runtime.remove_container(&req.container_id).await.map_err(to_status)?;
+        let runtime = self.runtime.clone();
+        to_completion(async move { runtime.remove_container(&req.container_id).await }).await?;
         Ok(RemoveContainerResponse {})
     }
 }

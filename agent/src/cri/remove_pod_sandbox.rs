@@ -3,11 +3,12 @@
 use cri_proto::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 use tonic::Status;
 
-use super::{Cri, to_status};
+use super::{Cri, to_completion};
 
 impl Cri {
     pub(super) async fn remove_pod_sandbox(&self, req: RemovePodSandboxRequest) -> Result<RemovePodSandboxResponse, Status> {
-        self.runtime.remove_pod_sandbox(&req.pod_sandbox_id).await.map_err(to_status)?;
+        let runtime = self.runtime.clone();
+        to_completion(async move { runtime.remove_pod_sandbox(&req.pod_sandbox_id).await }).await?;
         Ok(RemovePodSandboxResponse {})
     }
 }

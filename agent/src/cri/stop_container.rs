@@ -4,11 +4,12 @@
 use cri_proto::v1::{StopContainerRequest, StopContainerResponse};
 use tonic::Status;
 
-use super::{Cri, to_status};
+use super::{Cri, to_completion};
 
 impl Cri {
     pub(super) async fn stop_container(&self, req: StopContainerRequest) -> Result<StopContainerResponse, Status> {
-        self.runtime.stop_container(&req.container_id, req.timeout).await.map_err(to_status)?;
+        let runtime = self.runtime.clone();
+        to_completion(async move { runtime.stop_container(&req.container_id, req.timeout).await }).await?;
         Ok(StopContainerResponse {})
     }
 }

@@ -3,11 +3,12 @@
 use cri_proto::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 use tonic::Status;
 
-use super::{Cri, to_status};
+use super::{Cri, to_completion};
 
 impl Cri {
     pub(super) async fn stop_pod_sandbox(&self, req: StopPodSandboxRequest) -> Result<StopPodSandboxResponse, Status> {
-        self.runtime.stop_pod_sandbox(&req.pod_sandbox_id).await.map_err(to_status)?;
+        let runtime = self.runtime.clone();
+        to_completion(async move { runtime.stop_pod_sandbox(&req.pod_sandbox_id).await }).await?;
         Ok(StopPodSandboxResponse {})
     }
 }
