@@ -129,6 +129,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
+        // Said here, not in the select below: whichever branch wins there, systemd must hear it.
+        crate::systemd::stopping();
         let _ = stop_tx.send(true);
     });
     let graceful = {
@@ -165,7 +167,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         let mut rx = stop_rx;
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
-            crate::systemd::stopping();
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         }
     };
