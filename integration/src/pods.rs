@@ -390,3 +390,24 @@ impl BridgeNet {
         found
     }
 }
+
+/// Tears a pod's volumes down on drop (forced), even after a failed assertion.
+pub struct Volumes(pub capstan_volumes::PodVolumes);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        let _ = self.0.teardown_all(true);
+    }
+}
+
+/// The mountinfo lines of mounts exactly at `path`.
+pub fn mountinfo_at(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines().filter(|l| l.split(' ').nth(4) == path.to_str()).map(String::from).collect()
+}
+
+/// A CRI bind mount of `host` at `container`.
+pub fn cri_mount(host: &Path, container: &str) -> v1::Mount {
+    v1::Mount { host_path: host.display().to_string(), container_path: container.into(), ..Default::default() }
+}
+

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use capstan_integration::pods::OnePod;
+use capstan_integration::pods::{OnePod, Volumes, cri_mount, mountinfo_at};
 use capstan_volumes::{Error, Local, Nfs, NfsDefaults, PodVolumes, Volume, VolumeSource};
-use cri_proto::v1;
 
 /// The NFS server and export, or `None` (with the reason printed) outside the VM lane.
 fn nfs_server() -> Option<(String, PathBuf)> {
@@ -64,23 +63,6 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     text.lines().filter(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(p).starts_with(dir))).map(String::from).collect()
 }
 
-/// Tears the pod's volumes down on drop (forced), even after a failed assertion.
-struct Volumes(PodVolumes);
-
-impl Drop for Volumes {
-    fn drop(&mut self) {
-        let _ = self.0.teardown_all(true);
-    }
-}
-
-fn mountinfo_at(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines().filter(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap())).map(String::from).collect()
-}
-
-fn cri_mount(host: &Path, container: &str) -> v1::Mount {
-    v1::Mount { host_path: host.display().to_string(), container_path: container.into(), ..Default::default() }
-}
 
 #[test]
 fn nfs_volume_writes_reach_the_export_and_read_only_refuses() {

@@ -3,29 +3,11 @@
 //! Capstan's agent mode will do it. The container's file shows up on the host side and
 //! the tmpfs limit holds inside the container.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use capstan_integration::pods::OnePod;
+use capstan_integration::pods::{OnePod, Volumes, cri_mount, mountinfo_at};
 use capstan_volumes::{EmptyDir, PodVolumes, Volume, VolumeSource};
-use cri_proto::v1;
 
-/// Tears the pod's volumes down on drop (forced), even after a failed assertion.
-struct Volumes(PodVolumes);
-
-impl Drop for Volumes {
-    fn drop(&mut self) {
-        let _ = self.0.teardown_all(true);
-    }
-}
-
-fn mountinfo_at(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines().filter(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap())).map(String::from).collect()
-}
-
-fn cri_mount(host: &Path, container: &str) -> v1::Mount {
-    v1::Mount { host_path: host.display().to_string(), container_path: container.into(), ..Default::default() }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_containers_memory_empty_dir_is_the_hosts_tmpfs_with_its_size_limit() {
