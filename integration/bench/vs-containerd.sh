@@ -125,6 +125,8 @@ level = "warn"
 [cni]
 conf_dir = "$WORK/capstan/cni"
 bin_dirs = ["/usr/lib/cni"]
+[security]
+log_roots = ["$WORK/logs"]
 TOML
 "$BIN/capstan" --config "$WORK/capstan/config.toml" 2>"$WORK/capstan/log" &
 PIDS+=($!)

@@ -77,8 +77,14 @@ impl Daemon {
     }
 
     fn write_config(&self) {
+        // Pod log directories of the tests live in the daemon's own temp dir (scratch).
+        let security = if self.options.config_toml.contains("[security]") {
+            String::new()
+        } else {
+            format!("[security]\nlog_roots = [{:?}, \"/var/log/pods\"]\n\n", self.dir.path())
+        };
         let config = format!(
-            "socket = {:?}\nroot = {:?}\nstate = {:?}\n\n[cni]\nconf_dir = {:?}\n\n{}\n",
+            "socket = {:?}\nroot = {:?}\nstate = {:?}\n\n[cni]\nconf_dir = {:?}\n\n{security}{}\n",
             self.socket(),
             self.root(),
             self.state(),

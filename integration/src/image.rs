@@ -308,6 +308,50 @@ fn client_for(auth: Option<(&str, &str)>) -> (Client, RegistryAuth) {
     (client, auth)
 }
 
+/// A raw tar with names written by hand: `tar::Builder` itself refuses `..`. Entries are
+/// `(name, type, data, link name)`.
+pub fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let headers: Vec<RawEntry> = entries.iter().map(|(name, kind, data, link)| RawEntry::new(name, *kind, data, link)).collect();
+    raw_tar_of(&headers)
+}
+
+/// One entry of [`raw_tar_of`], for the fields [`raw_tar`] does not set.
+pub struct RawEntry {
+    pub header: tar::Header,
+    pub data: Vec<u8>,
+}
+
+impl RawEntry {
+    pub fn new(name: &str, kind: tar::EntryType, data: &[u8], link: &str) -> RawEntry {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        {
+            let gnu = h.as_gnu_mut().expect("gnu header");
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_cksum();
+        RawEntry { header: h, data: data.to_vec() }
+    }
+}
+
+/// Headers as given (their checksums are the caller's), each followed by its data.
+pub fn raw_tar_of(entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        out.extend_from_slice(e.header.as_bytes());
+        out.extend_from_slice(&e.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use capstan_integration::daemon::{Daemon, DaemonOptions};
-use capstan_integration::image::{Entry, ImageBuilder, Layer, PushedImage, push_index};
+use capstan_integration::image::{Entry, ImageBuilder, Layer, PushedImage, push_index, raw_tar};
 use capstan_integration::registry::Registry;
 use cri_proto::ImageServiceClient;
 use cri_proto::v1;
@@ -289,31 +289,6 @@ async fn a_corrupted_blob_is_refused_and_nothing_is_kept() {
     assert!(files_below(&daemon.root().join("images/ingest")).is_empty());
     assert!(snapshots(&daemon).is_empty(), "no snapshot of a failed pull is kept: {:?}", snapshots(&daemon));
     assert!(files_below(&daemon.root().join("images/blobs")).is_empty(), "no blob of a failed pull is kept");
-}
-
-/// A raw tar with names written by hand: `tar::Builder` itself refuses `..`.
-fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, kind, data, link) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*kind);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        {
-            let gnu = h.as_gnu_mut().unwrap();
-            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-            gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
-        }
-        h.set_cksum();
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

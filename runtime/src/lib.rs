@@ -6,6 +6,7 @@ pub mod container;
 pub mod crashpoint;
 pub mod error;
 pub mod events;
+pub mod host_paths;
 pub mod id;
 pub mod image;
 pub mod monitor;

@@ -33,6 +33,30 @@ pub struct RuntimeOptions {
     pub images: ImageOptions,
     /// Directories of CDI spec files, lowest priority first (`/etc/cdi`, `/var/run/cdi`).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Where pods' `log_directory` may be (besides `root_dir`); see [`crate::host_paths`].
+    pub log_roots: Vec<PathBuf>,
+}
+
+impl RuntimeOptions {
+    /// Options rooted in `base` (`base/root`, `base/state`), for unit tests.
+    #[cfg(test)]
+    pub fn for_tests(base: &std::path::Path) -> RuntimeOptions {
+        RuntimeOptions {
+            root_dir: base.join("root"),
+            state_dir: base.join("state"),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            cni: CniOptions { conf_dir: base.join("cni"), bin_dirs: Vec::new() },
+            images: ImageOptions {
+                sandbox_image: String::new(),
+                registry_config_dir: base.join("certs.d"),
+                insecure_registries: Vec::new(),
+                max_concurrent_downloads: 1,
+                stall_timeout: std::time::Duration::from_secs(60),
+            },
+            cdi_spec_dirs: Vec::new(),
+            log_roots: vec!["/var/log/pods".into()],
+        }
+    }
 }
 
 /// Registry access and image store settings.
@@ -46,4 +70,7 @@ pub struct ImageOptions {
     pub insecure_registries: Vec<String>,
     /// Layers of one image downloaded at once.
     pub max_concurrent_downloads: usize,
+    /// A registry connection that delivers nothing for this long fails the pull (a hung
+    /// server, a blob stalled half-way), instead of holding kubelet's PullImage forever.
+    pub stall_timeout: std::time::Duration,
 }

@@ -39,6 +39,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub device_plugin: DevicePluginConfig,
     pub agent: AgentConfig,
+    pub security: SecurityConfig,
 }
 
 /// The Prometheus endpoint.
@@ -168,6 +169,21 @@ pub struct ImagesConfig {
     pub registry_config_dir: PathBuf,
     pub insecure_registries: Vec<String>,
     pub max_concurrent_downloads: usize,
+    pub stall_timeout_seconds: u64,
+}
+
+/// Limits on the host paths CRI requests may point the runtime at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Directories pods' `log_directory` may be below (the runtime's root always may).
+    pub log_roots: Vec<PathBuf>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig { log_roots: vec!["/var/log/pods".into()] }
+    }
 }
 
 /// The server kubelet and crictl connect to for exec, attach and port-forward.
@@ -227,6 +243,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             device_plugin: DevicePluginConfig::default(),
             agent: AgentConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -253,6 +270,7 @@ impl Default for ImagesConfig {
             registry_config_dir: "/etc/capstan/certs.d".into(),
             insecure_registries: Vec::new(),
             max_concurrent_downloads: 3,
+            stall_timeout_seconds: 60,
         }
     }
 }
@@ -291,6 +309,12 @@ impl Config {
             }
         }
         crate::node::labels::validate_all(&self.node.labels).map_err(|e| format!("node.labels: {e}"))?;
+        if self.images.stall_timeout_seconds == 0 {
+            return Err("images.stall_timeout_seconds must be at least 1".into());
+        }
+        if let Some(bad) = self.security.log_roots.iter().find(|p| !p.is_absolute()) {
+            return Err(format!("security.log_roots must be absolute paths, got {:?}", bad.display()));
+        }
         if self.images.max_concurrent_downloads == 0 {
             return Err("images.max_concurrent_downloads must be at least 1".into());
         }
@@ -321,8 +345,10 @@ impl Config {
                 registry_config_dir: self.images.registry_config_dir.clone(),
                 insecure_registries: self.images.insecure_registries.clone(),
                 max_concurrent_downloads: self.images.max_concurrent_downloads,
+                stall_timeout: std::time::Duration::from_secs(self.images.stall_timeout_seconds),
             },
             cdi_spec_dirs: self.cdi.spec_dirs.clone(),
+            log_roots: self.security.log_roots.clone(),
         }
     }
 }

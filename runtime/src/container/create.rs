@@ -78,13 +78,24 @@ impl Runtime {
         config: v1::ContainerConfig,
         image: &str,
     ) -> Result<(ContainerRecord, ResolvedImage)> {
+        let rules = crate::host_paths::HostPaths::new(self.options());
+        let log_path = log_path(&pod.config.log_directory, &config.log_path)?;
+        if let Some(file) = &log_path {
+            rules.check_container_log(&pod.config.log_directory, file)?;
+        }
+        for m in &config.mounts {
+            // A missing or relative host path is the spec builder's to report.
+            if let Ok(resolved) = std::fs::canonicalize(&m.host_path) {
+                rules.check_mount_source(&m.container_path, &resolved)?;
+            }
+        }
         let resolved = self.resolve_image(image)?;
         let dir = self.containers.dir_of(id);
         crate::create_private_dir(&dir)?;
         let record = ContainerRecord {
             id: id.to_string(),
             pod_id: pod.id.clone(),
-            log_path: log_path(&pod.config.log_directory, &config.log_path)?,
+            log_path,
             config,
             image: image.to_string(),
             image_ref: resolved.reference.clone(),
@@ -103,6 +114,7 @@ impl Runtime {
         // The record exists before the mount, so a failure (or a crash) still unmounts.
         let rootfs = self.mount_rootfs(resolved, &record.dir).await?;
         crate::crashpoint::hit("create_container:after_rootfs");
+        super::mount_targets::check(&rootfs, &record.config.mounts)?;
         let ctx = SpecContext {
             config: &record.config,
             pod,

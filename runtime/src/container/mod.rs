@@ -6,6 +6,7 @@ mod create;
 mod exec;
 pub mod exec_sync;
 mod list;
+mod mount_targets;
 pub mod prepare;
 mod remove;
 mod reopen_log;

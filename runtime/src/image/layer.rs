@@ -44,7 +44,7 @@ pub(crate) fn process(store: &Arc<Store>, layer: &LayerRecord, source: Source, w
         }
         Source::Blob(path) => (Box::new(File::open(&path).map_err(Error::io("cannot open blob", &path))?), None),
     };
-    let mut tee = Tee { inner: reader, out: ingest, hasher: Sha256::new(), count: 0, limit: layer.size };
+    let mut tee = Tee { inner: reader, out: ingest, hasher: Sha256::new(), count: 0, limit: layer.size, write_error: None };
     let result = run(store, layer, &mut tee, wanted, origin);
     if let Some((path, _)) = &tee.out {
         // Still there: the job failed before committing it.
@@ -98,6 +98,20 @@ fn verify(
     origin: &str,
 ) -> Result<()> {
     let what = format!("layer {}", layer.digest);
+    // Our own disk failing (full, quota) explains everything after it, and is not the
+    // registry's fault: it is reported as the I/O error it is (ResourceExhausted on ENOSPC).
+    if let Some((e, path)) = tee.write_error.take() {
+        return Err(Error::Io { context: "cannot write the download of a layer to", path, source: e });
+    }
+    if let Some(Err(UnpackError::Write { entry, source })) = unpacked {
+        return Err(Error::Io { context: "cannot unpack a layer: writing entry", path: entry.into(), source });
+    }
+    if tee.count > layer.size {
+        return Err(Error::Unavailable(format!(
+            "{what} from {origin} is larger than the {} bytes the manifest declares; refusing it",
+            layer.size
+        )));
+    }
     if let Err(e) = drained {
         return Err(Error::Unavailable(format!("cannot download {what} from {origin}: {e}")));
     }
@@ -116,7 +130,6 @@ fn verify(
     match unpacked {
         None => Ok(()),
         Some(Err(e @ UnpackError::Escape { .. })) => Err(Error::InvalidArgument(format!("{what}: {e}"))),
-        Some(Err(e @ UnpackError::Write { .. })) => Err(Error::Internal(format!("{what}: {e}"))),
         Some(Err(e)) => Err(Error::InvalidArgument(format!("{what} is not a valid layer: {e}"))),
         Some(Ok(diff_id)) if diff_id != layer.diff_id => Err(Error::InvalidArgument(format!(
             "{what} unpacks to {diff_id}, but the image config says {}; refusing it",
@@ -177,6 +190,8 @@ struct Tee {
     hasher: Sha256,
     count: u64,
     limit: u64,
+    /// Why writing the ingest file failed (kept: the reader above only sees "read failed").
+    write_error: Option<(std::io::Error, PathBuf)>,
 }
 
 impl Read for Tee {
@@ -187,8 +202,12 @@ impl Read for Tee {
             return Err(std::io::Error::other(format!("more than the {} bytes the manifest declares", self.limit)));
         }
         self.hasher.update(&buf[..n]);
-        if let Some((_, out)) = &mut self.out {
-            out.write_all(&buf[..n])?;
+        if let Some((path, out)) = &mut self.out
+            && let Err(e) = out.write_all(&buf[..n])
+        {
+            let kind = e.kind();
+            self.write_error = Some((e, path.clone()));
+            return Err(std::io::Error::new(kind, "cannot write the ingest file"));
         }
         Ok(n)
     }

@@ -165,7 +165,7 @@ impl Inner {
 
     async fn pull_from_host(self: &Arc<Self>, endpoint: &Endpoint, image: &ImageRef, creds: &Credentials) -> Result<String> {
         let started = std::time::Instant::now();
-        let client = client_for(endpoint, self.options.max_concurrent_downloads)?;
+        let client = client_for(endpoint, self.options.max_concurrent_downloads, self.options.stall_timeout)?;
         let mut reference = image.to_client_reference();
         let direct = endpoint.host == image.registry || (image.registry == "docker.io" && endpoint.upstream);
         if !direct {
@@ -320,7 +320,7 @@ async fn pump(
             }
             Err(e) if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) => return Ok(()),
             Err(e) => {
-                let msg = format!("download of {} from {origin} failed: {e}", layer.digest);
+                let msg = format!("download of {} from {origin} failed: {}", layer.digest, with_causes(&e));
                 let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
                 return Err(Error::Unavailable(msg));
             }
@@ -476,7 +476,7 @@ fn layer_records(manifest: &ImageManifest) -> Result<Vec<LayerRecord>> {
         .collect()
 }
 
-fn client_for(endpoint: &Endpoint, max_downloads: usize) -> Result<Client> {
+fn client_for(endpoint: &Endpoint, max_downloads: usize, stall_timeout: Duration) -> Result<Client> {
     let mut certificates = Vec::new();
     for path in &endpoint.ca_files {
         let data = std::fs::read(path).map_err(Error::io("cannot read CA file", path))?;
@@ -488,12 +488,28 @@ fn client_for(endpoint: &Endpoint, max_downloads: usize) -> Result<Client> {
         extra_root_certificates: certificates,
         platform_resolver: None,
         max_concurrent_download: max_downloads.max(1),
-        connect_timeout: Some(Duration::from_secs(30)),
-        read_timeout: Some(Duration::from_secs(120)),
+        connect_timeout: Some(Duration::from_secs(30).min(stall_timeout)),
+        // Per read, not per request: a slow but moving download goes on.
+        read_timeout: Some(stall_timeout),
         user_agent: USER_AGENT,
         ..Default::default()
     };
     Client::try_from(config).map_err(|e| Error::InvalidArgument(format!("registry client for {}: {e}", endpoint.host)))
+}
+
+/// An error with its chain of causes (`error decoding response body: operation timed
+/// out`): the last one usually says what really happened.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
+        source = s.source();
+    }
+    msg
 }
 
 /// Maps a registry client error to the runtime's error kinds (and so to gRPC codes).
@@ -519,15 +535,7 @@ fn classify(error: OciDistributionError, origin: &str, what: &str) -> Error {
         E::ServerError { code: 404, .. } | E::ImageManifestNotFoundError(_) => {
             Error::NotFound { kind: "image", id: format!("{what} (on {origin})") }
         }
-        E::RequestError(ref e) => {
-            let mut msg = format!("cannot reach {origin} for {what}: {e}");
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            Error::Unavailable(msg)
-        }
+        E::RequestError(ref e) => Error::Unavailable(format!("cannot reach {origin} for {what}: {}", with_causes(e))),
         E::DigestError(_) => Error::Unavailable(format!("{what} from {origin} is corrupt: {error}")),
         other => Error::Unavailable(format!("{origin}: {what}: {other}")),
     }

@@ -187,6 +187,7 @@ mod tests {
             registry_config_dir: dir.join("certs.d"),
             insecure_registries: vec![],
             max_concurrent_downloads: 1,
+            stall_timeout: std::time::Duration::from_secs(60),
         };
         ImageStore::open(&dir.join("root"), options).unwrap()
     }

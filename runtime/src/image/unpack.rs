@@ -172,7 +172,13 @@ impl Extractor {
                     .ok_or_else(|| UnpackError::Invalid(format!("hardlink {shown:?} has no target")))?
                     .into_owned();
                 let target_shown = String::from_utf8_lossy(&target).into_owned();
-                let Some(target_rel) = clean_path(&target, &target_shown)? else {
+                let target_rel = clean_path(&target, &target_shown).map_err(|e| match e {
+                    UnpackError::Escape { reason, .. } => {
+                        escape(&shown, &format!("is a hardlink to {target_shown:?}, which {reason}"))
+                    }
+                    e => e,
+                })?;
+                let Some(target_rel) = target_rel else {
                     return Err(UnpackError::Invalid(format!("hardlink {shown:?} points at the layer root")));
                 };
                 let target_parent = target_rel.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -101,12 +101,17 @@ pub fn timestamp_now() -> String {
 pub struct LogFile {
     path: Option<PathBuf>,
     file: Option<File>,
+    /// The file's length as far as we wrote it, to cut off a record a failed write tore.
+    len: u64,
+    /// Bytes of records lost since writes started failing (a full disk), for one warning
+    /// when it starts and one when it ends instead of one per line.
+    lost: u64,
 }
 
 impl LogFile {
     /// Opens (creating it and its parent directories) `path`; `None` discards output.
     pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
-        let mut log = LogFile { path: path.map(Path::to_path_buf), file: None };
+        let mut log = LogFile { path: path.map(Path::to_path_buf), file: None, len: 0, lost: 0 };
         log.reopen()?;
         Ok(log)
     }
@@ -120,23 +125,44 @@ impl LogFile {
             .create(true)
             .append(true)
             .mode(0o640)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(path)?;
+        self.len = file.metadata()?.len();
         self.file = Some(file);
         Ok(())
     }
 
-    /// Writes whole records at once (O_APPEND keeps records from interleaving).
+    /// Writes whole records at once (O_APPEND keeps records from interleaving). A full disk
+    /// must not stop the container: its records are dropped, a torn one is cut off so the
+    /// file stays parseable, and logging resumes by itself once there is space again.
     pub fn write(&mut self, records: &[u8]) {
         if records.is_empty() {
             return;
         }
-        if let Some(file) = &mut self.file
-            && let Err(e) = file.write_all(records)
-        {
-            // A full disk must not stop the container; the records are lost.
-            tracing::warn!(path = ?self.path, error = %e, "cannot write container log");
+        let Some(file) = &mut self.file else { return };
+        match file.write_all(records) {
+            Ok(()) => {
+                self.len += records.len() as u64;
+                if self.lost > 0 {
+                    tracing::warn!(path = ?self.path, lost_bytes = self.lost, "container log writable again; records were lost while it was not");
+                    self.lost = 0;
+                }
+            }
+            Err(e) => {
+                if let Err(cut) = file.set_len(self.len) {
+                    tracing::debug!(path = ?self.path, error = %cut, "cannot cut off a torn log record");
+                }
+                if self.lost == 0 {
+                    tracing::warn!(path = ?self.path, error = %e, "cannot write container log; dropping records until it can");
+                }
+                self.lost += records.len() as u64;
+            }
         }
+    }
+
+    /// Bytes of records dropped since writes last succeeded.
+    pub fn lost_bytes(&self) -> u64 {
+        self.lost
     }
 }
 
@@ -146,6 +172,15 @@ mod tests {
 
     fn lines(out: &[u8]) -> Vec<String> {
         String::from_utf8_lossy(out).lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_failing_disk_drops_records_without_stopping() {
+        // /dev/full fails every write with ENOSPC, as a full filesystem does.
+        let mut log = LogFile::open(Some(Path::new("/dev/full"))).unwrap();
+        log.write(b"T stdout F one\n");
+        log.write(b"T stdout F two\n");
+        assert_eq!(log.lost_bytes(), 30);
     }
 
     #[test]
