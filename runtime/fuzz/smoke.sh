@@ -21,7 +21,12 @@ for target in $(cargo fuzz list); do
   echo "=== fuzz $target for ${seconds} s"
   log=$(mktemp)
   rc=0
-  cargo fuzz run -s none -O "$target" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+  # Seeds (small real inputs kept in git) start the search where real layers are; new
+  # inputs go to the (ignored) corpus dir, the first one named.
+  corpora=("fuzz/corpus/$target")
+  mkdir -p "fuzz/corpus/$target"
+  if [ -d "fuzz/seeds/$target" ]; then corpora+=("fuzz/seeds/$target"); fi
+  cargo fuzz run -s none -O "$target" "${corpora[@]}" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || rc=$?
   grep -E "stat::number_of_executed_units|DONE|ERROR|panicked|SUMMARY|Test unit written" "$log" || tail -n 20 "$log"
   rm -f "$log"
   if [ "$rc" -ne 0 ]; then
