@@ -68,8 +68,8 @@ fn secret_data(data: &ConfigData, name: &str) -> Option<BTreeMap<String, Vec<u8>
 /// One env var's value from a key reference.
 #[derive(Debug, PartialEq)]
 pub enum KeyRef {
-    /// Not a configMapKeyRef or secretKeyRef.
-    NotKeyRef,
+    /// Not a configMapKeyRef or secretKeyRef: a literal value or another source.
+    Other,
     /// Optional and missing: the variable is left out.
     Skip,
     Value(String),
@@ -78,13 +78,13 @@ pub enum KeyRef {
 /// Resolves `valueFrom.configMapKeyRef` / `secretKeyRef`. A missing object or key is an
 /// error unless the reference is `optional` (kubelet: CreateContainerConfigError).
 pub fn key_ref(e: &k8s::EnvVar, data: &ConfigData) -> Result<KeyRef, String> {
-    let Some(from) = &e.value_from else { return Ok(KeyRef::NotKeyRef) };
+    let Some(from) = &e.value_from else { return Ok(KeyRef::Other) };
     let (kind, name, key, optional, values) = if let Some(r) = &from.config_map_key_ref {
         ("configmap", &r.name, &r.key, r.optional, config_map_data(data, &r.name))
     } else if let Some(r) = &from.secret_key_ref {
         ("secret", &r.name, &r.key, r.optional, secret_data(data, &r.name))
     } else {
-        return Ok(KeyRef::NotKeyRef);
+        return Ok(KeyRef::Other);
     };
     let optional = optional.unwrap_or(false);
     match values {
@@ -242,7 +242,7 @@ mod tests {
         assert!(key_ref(&cm("gone", "x", false), &d).unwrap_err().contains("not found"));
         let s = env(serde_json::json!({"name": "P", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}}));
         assert_eq!(key_ref(&s, &d), Ok(KeyRef::Value("s3cret".into())));
-        assert_eq!(key_ref(&env(serde_json::json!({"name": "L", "value": "x"})), &d), Ok(KeyRef::NotKeyRef));
+        assert_eq!(key_ref(&env(serde_json::json!({"name": "L", "value": "x"})), &d), Ok(KeyRef::Other));
     }
 
     #[test]

@@ -468,7 +468,7 @@ fn container_config(
                 continue;
             }
             config_data::KeyRef::Skip => continue,
-            config_data::KeyRef::NotKeyRef => {}
+            config_data::KeyRef::Other => {}
         }
         if e.value_from.is_some() {
             tracing::warn!(container = %c.name, env = %e.name, "env valueFrom is not supported in agent mode; skipped");

@@ -1,6 +1,7 @@
 //! Pod status from the runtime: phase, conditions and container statuses with restart
-//! counts, as a v1 `PodStatus`. With no API server in this slice it is written next to the
-//! pod (`<root>/agent/pods/<uid>/status.json`) for operators and tests.
+//! counts, as a v1 `PodStatus`. It is written next to the pod
+//! (`<root>/agent/pods/<uid>/status.json`) for operators and tests; API pods' is also sent
+//! to the API server ([`super::api::pod_status`]).
 
 use std::collections::HashMap;
 

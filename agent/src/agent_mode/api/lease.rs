@@ -53,7 +53,7 @@ pub async fn run(
 /// create when there is no Lease yet.
 async fn renew(leases: &Api<Lease>, current: Option<Lease>, settings: &Settings, node_uid: &str) -> Result<Lease, ApiError> {
     let node = &settings.node;
-    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let now = MicroTime(super::now());
     let base = match current {
         Some(lease) => lease,
         None => match leases.get_opt(node).await.map_err(ApiError::call(format!("get lease {NAMESPACE}/{node}")))? {

@@ -127,6 +127,12 @@ pub async fn start(
     Some(ApiSide { statuses: pod_status::Reporter::new(client.clone(), host_ip_rx), client, pods, recovered: false })
 }
 
+/// The current time for API objects (heartbeats, renewals), to the microsecond.
+pub fn now() -> k8s_openapi::jiff::Timestamp {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    k8s_openapi::jiff::Timestamp::from_microsecond(i64::try_from(micros).unwrap_or(i64::MAX)).unwrap_or_default()
+}
+
 /// Sleeps for `d`, or less when `stop` turns true; returns whether to stop.
 pub async fn sleep_or_stop(d: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
     if *stop.borrow() {

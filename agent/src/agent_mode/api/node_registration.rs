@@ -1,7 +1,9 @@
 //! The Node object on the API server, as kubelet keeps it: created at start (or, when one
 //! by this name exists, its labels reconciled by a patch), then its status (conditions,
 //! capacity, allocatable, addresses, nodeInfo) posted to `nodes/<name>/status` whenever it
-//! changes, and at least every `node_status_report_seconds` so heartbeats stay fresh.
+//! changes, and at least every `node_status_report_seconds` so heartbeats stay fresh. Each
+//! condition carries `lastHeartbeatTime` (the post) and `lastTransitionTime` (its last
+//! change of status, kept across daemon restarts from the Node as registered).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,9 +31,26 @@ pub struct NodeRegistration {
 struct Posted {
     /// The status without condition times.
     status: k8s::NodeStatus,
-    at: Instant,
+    /// `None`: taken from the Node as registered, not posted by this run yet.
+    at: Option<Instant>,
     /// When each condition last changed its status, by type.
     transitions: BTreeMap<String, Time>,
+}
+
+impl Posted {
+    /// The registered Node's status: its conditions' transition times carry over a daemon
+    /// restart while their status stays the same.
+    fn from_registered(node: &k8s::Node) -> Posted {
+        let mut status = node.status.clone().unwrap_or_default();
+        let mut transitions = BTreeMap::new();
+        for c in status.conditions.iter_mut().flatten() {
+            if let Some(t) = c.last_transition_time.take() {
+                transitions.insert(c.type_.clone(), t);
+            }
+            c.last_heartbeat_time = None;
+        }
+        Posted { status, at: None, transitions }
+    }
 }
 
 impl NodeRegistration {
@@ -70,7 +89,7 @@ impl NodeRegistration {
         let node_uid = registered.metadata.uid.clone().unwrap_or_default();
         tracing::info!(uid = %node_uid, elapsed_ms = started.elapsed().as_millis() as u64, "node registered with the API server");
         let _ = uid.send(Some(node_uid));
-        let mut posted: Option<Posted> = None;
+        let mut posted = Posted::from_registered(&registered);
         loop {
             match self.desired().await {
                 Ok(node) => {
@@ -112,7 +131,10 @@ impl NodeRegistration {
     /// patched onto it, the rest of it is left as it is (the status follows separately).
     async fn register(&self, node: &k8s::Node) -> Result<k8s::Node, ApiError> {
         let name = &self.settings.node;
-        match self.nodes.create(&PostParams::default(), node).await {
+        let now = Time(super::now());
+        let mut stamped = node.clone();
+        stamped.status = node.status.as_ref().map(|s| stamp(s, &BTreeMap::new(), &now));
+        match self.nodes.create(&PostParams::default(), &stamped).await {
             Ok(created) => {
                 tracing::info!("node created");
                 Ok(created)
@@ -137,24 +159,23 @@ impl NodeRegistration {
         }
     }
 
-    /// Posts the status when it changed or the report period ran out; returns what is now
-    /// posted (the old record when the post failed, so the next round tries again).
-    async fn post_status(&self, node: k8s::Node, posted: Option<Posted>) -> Option<Posted> {
+    /// Posts the status when it changed, on this run's first round, or when the report
+    /// period ran out; returns what is now posted (the old record when the post failed, so
+    /// the next round tries again).
+    async fn post_status(&self, node: k8s::Node, posted: Posted) -> Posted {
         let status = node.status.unwrap_or_default();
-        let due = posted.as_ref().is_none_or(|p| p.status != status || p.at.elapsed() >= self.settings.status_report);
-        if !due {
+        let changed = posted.status != status;
+        if !changed && posted.at.is_some_and(|at| at.elapsed() < self.settings.status_report) {
             return posted;
         }
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let previous = posted.as_ref();
-        let transitions = transitions(previous.map(|p| (&p.status, &p.transitions)), &status, &now);
-        let body = status_patch(&status, &transitions, &now);
+        let now = Time(super::now());
+        let transitions = transitions(Some((&posted.status, &posted.transitions)), &status, &now);
+        let body = serde_json::json!({ "status": stamp(&status, &transitions, &now) });
         let name = &self.settings.node;
         match self.nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(body)).await {
             Ok(_) => {
-                let changed = previous.is_none_or(|p| p.status != status);
                 tracing::debug!(changed, "node status posted");
-                Some(Posted { status, at: Instant::now(), transitions })
+                Posted { status, at: Some(Instant::now()), transitions }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot post the node's status; retrying next period");
@@ -207,15 +228,15 @@ fn transitions(previous: Option<(&k8s::NodeStatus, &BTreeMap<String, Time>)>, st
     out
 }
 
-/// The status patch: the whole status, with each condition's heartbeat `now` and its
-/// transition time.
-pub fn status_patch(status: &k8s::NodeStatus, transitions: &BTreeMap<String, Time>, now: &Time) -> serde_json::Value {
+/// The status as posted: each condition's heartbeat `now`, its transition time from
+/// `transitions` (`now` for one not there).
+pub fn stamp(status: &k8s::NodeStatus, transitions: &BTreeMap<String, Time>, now: &Time) -> k8s::NodeStatus {
     let mut status = status.clone();
     for c in status.conditions.iter_mut().flatten() {
         c.last_heartbeat_time = Some(now.clone());
         c.last_transition_time = Some(transitions.get(&c.type_).cloned().unwrap_or_else(|| now.clone()));
     }
-    serde_json::json!({ "status": status })
+    status
 }
 
 #[cfg(test)]
@@ -243,6 +264,21 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_keeps_the_registered_transition_times() {
+        let mut registered = node(&[], "True");
+        let t0 = time("2025-01-01T00:00:00Z");
+        for c in registered.status.as_mut().unwrap().conditions.as_mut().unwrap() {
+            (c.last_transition_time, c.last_heartbeat_time) = (Some(t0.clone()), Some(t0.clone()));
+        }
+        let posted = Posted::from_registered(&registered);
+        assert!(posted.at.is_none(), "posted once by every run");
+        let desired = node(&[], "True").status.unwrap();
+        assert_eq!(posted.status, desired, "times are no change");
+        let t1 = time("2025-01-01T01:00:00Z");
+        assert_eq!(transitions(Some((&posted.status, &posted.transitions)), &desired, &t1)["Ready"], t0);
+    }
+
+    #[test]
     fn transition_times_move_only_when_a_condition_changes() {
         let t0 = time("2025-01-01T00:00:00Z");
         let t1 = time("2025-01-01T00:05:00Z");
@@ -252,7 +288,7 @@ mod tests {
         let now_ready = node(&[], "True").status.unwrap();
         let times1 = transitions(Some((&first, &times0)), &now_ready, &t1);
         assert_eq!((&times1["Ready"], &times1["MemoryPressure"]), (&t1, &t0));
-        let body = status_patch(&now_ready, &times1, &t1);
+        let body = serde_json::json!({ "status": stamp(&now_ready, &times1, &t1) });
         let ready = &body["status"]["conditions"][0];
         assert_eq!((ready["type"].as_str(), ready["status"].as_str()), (Some("Ready"), Some("True")));
         assert_eq!(ready["lastHeartbeatTime"], "2025-01-01T00:05:00Z");
