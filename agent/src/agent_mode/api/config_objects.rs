@@ -16,12 +16,12 @@ pub async fn fetch(client: &kube::Client, pod: &k8s::Pod) -> Result<ConfigData, 
     let mut data = ConfigData::default();
     let config_maps: Api<k8s::ConfigMap> = Api::namespaced(client.clone(), namespace);
     for name in wanted.config_maps {
-        let found = config_maps.get_opt(&name).await.map_err(ApiError::call(format!("get configmap {namespace}/{name}")))?;
+        let found = super::bounded(config_maps.get_opt(&name)).await.map_err(ApiError::call(format!("get configmap {namespace}/{name}")))?;
         data.config_maps.insert(name, found);
     }
     let secrets: Api<k8s::Secret> = Api::namespaced(client.clone(), namespace);
     for name in wanted.secrets {
-        let found = secrets.get_opt(&name).await.map_err(ApiError::call(format!("get secret {namespace}/{name}")))?;
+        let found = super::bounded(secrets.get_opt(&name)).await.map_err(ApiError::call(format!("get secret {namespace}/{name}")))?;
         data.secrets.insert(name, found);
     }
     Ok(data)

@@ -56,11 +56,11 @@ async fn renew(leases: &Api<Lease>, current: Option<Lease>, settings: &Settings,
     let now = MicroTime(super::now());
     let base = match current {
         Some(lease) => lease,
-        None => match leases.get_opt(node).await.map_err(ApiError::call(format!("get lease {NAMESPACE}/{node}")))? {
+        None => match super::bounded(leases.get_opt(node)).await.map_err(ApiError::call(format!("get lease {NAMESPACE}/{node}")))? {
             Some(lease) => lease,
             None => {
                 let lease = renewed(Lease::default(), settings, node_uid, now);
-                let created = leases.create(&PostParams::default(), &lease).await.map_err(ApiError::call(format!("create lease {NAMESPACE}/{node}")));
+                let created = super::bounded(leases.create(&PostParams::default(), &lease)).await.map_err(ApiError::call(format!("create lease {NAMESPACE}/{node}")));
                 if created.is_ok() {
                     tracing::info!("node lease created");
                 }
@@ -69,7 +69,7 @@ async fn renew(leases: &Api<Lease>, current: Option<Lease>, settings: &Settings,
         },
     };
     let lease = renewed(base, settings, node_uid, now);
-    leases.replace(node, &PostParams::default(), &lease).await.map_err(ApiError::call(format!("update lease {NAMESPACE}/{node}")))
+    super::bounded(leases.replace(node, &PostParams::default(), &lease)).await.map_err(ApiError::call(format!("update lease {NAMESPACE}/{node}")))
 }
 
 /// `lease` held by the node as of `now`, owned by the Node with `node_uid`; its

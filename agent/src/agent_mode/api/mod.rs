@@ -127,6 +127,26 @@ pub async fn start(
     Some(ApiSide { statuses: pod_status::Reporter::new(client.clone(), host_ip_rx), client, pods, recovered: false })
 }
 
+/// How long one API call may take: a server that accepts a request and never answers must
+/// not stall the sync loop (static pods included) or the Lease. Watches are bounded by their
+/// own timeout instead, once their response has begun.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `call`, failed with a time-out error after [`CALL_TIMEOUT`].
+pub async fn bounded<T>(call: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+    bounded_by(CALL_TIMEOUT, call).await
+}
+
+async fn bounded_by<T>(limit: Duration, call: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from the API server in {limit:?}"));
+            Err(kube::Error::Service(Box::new(e)))
+        }
+    }
+}
+
 /// The current time for API objects (heartbeats, renewals), to the microsecond.
 pub fn now() -> k8s_openapi::jiff::Timestamp {
     let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
@@ -181,6 +201,13 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
         b.reset();
         assert_eq!(b.next().as_secs(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let never = std::future::pending::<Result<(), kube::Error>>();
+        let e = bounded_by(Duration::from_millis(10), never).await.unwrap_err();
+        assert!(e.to_string().contains("no answer"), "{e}");
     }
 
     #[tokio::test]

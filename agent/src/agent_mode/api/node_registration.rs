@@ -134,18 +134,17 @@ impl NodeRegistration {
         let now = Time(super::now());
         let mut stamped = node.clone();
         stamped.status = node.status.as_ref().map(|s| stamp(s, &BTreeMap::new(), &now));
-        match self.nodes.create(&PostParams::default(), &stamped).await {
+        match super::bounded(self.nodes.create(&PostParams::default(), &stamped)).await {
             Ok(created) => {
                 tracing::info!("node created");
                 Ok(created)
             }
             Err(e) if status_code(&e) == Some(409) => {
-                let existing = self.nodes.get(name).await.map_err(ApiError::call(format!("get node {name}")))?;
+                let existing = super::bounded(self.nodes.get(name)).await.map_err(ApiError::call(format!("get node {name}")))?;
                 match label_patch(&existing, node) {
                     Some(patch) => {
                         tracing::info!(patch = %patch, "node exists; reconciling its labels");
-                        self.nodes
-                            .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+                        super::bounded(self.nodes.patch(name, &PatchParams::default(), &Patch::Strategic(patch)))
                             .await
                             .map_err(ApiError::call(format!("patch node {name}")))
                     }
@@ -172,7 +171,7 @@ impl NodeRegistration {
         let transitions = transitions(Some((&posted.status, &posted.transitions)), &status, &now);
         let body = serde_json::json!({ "status": stamp(&status, &transitions, &now) });
         let name = &self.settings.node;
-        match self.nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(body)).await {
+        match super::bounded(self.nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(body))).await {
             Ok(_) => {
                 tracing::debug!(changed, "node status posted");
                 Posted { status, at: Some(Instant::now()), transitions }

@@ -11,7 +11,7 @@ use super::{ApiError, status_code};
 /// Deletes the pod now; already gone (404) or replaced by a new pod (409) is done too.
 pub async fn delete_now(client: &kube::Client, namespace: &str, name: &str, uid: &str) -> Result<(), ApiError> {
     let pods: Api<k8s::Pod> = Api::namespaced(client.clone(), namespace);
-    match pods.delete(name, &params(uid)).await {
+    match super::bounded(pods.delete(name, &params(uid))).await {
         Ok(_) => {
             tracing::info!(pod = %name, %namespace, %uid, "pod deleted from the API server");
             Ok(())

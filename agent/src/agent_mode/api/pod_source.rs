@@ -104,7 +104,7 @@ pub async fn run(client: kube::Client, node: String, store: Arc<PodStore>, mut s
     let selector = format!("spec.nodeName={node}");
     let mut backoff = Backoff::default();
     'list: loop {
-        let list = match pods.list(&ListParams::default().fields(&selector)).await {
+        let list = match super::bounded(pods.list(&ListParams::default().fields(&selector))).await {
             Ok(list) => list,
             Err(e) => {
                 let wait = backoff.next();
@@ -120,7 +120,7 @@ pub async fn run(client: kube::Client, node: String, store: Arc<PodStore>, mut s
         store.replace(&node, list.items);
         loop {
             let params = WatchParams::default().fields(&selector).timeout(WATCH_TIMEOUT_SECS);
-            let stream = match pods.watch(&params, &version).await {
+            let stream = match super::bounded(pods.watch(&params, &version)).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     if status_code(&e) != Some(410) {
@@ -135,8 +135,17 @@ pub async fn run(client: kube::Client, node: String, store: Arc<PodStore>, mut s
             };
             let mut stream = std::pin::pin!(stream);
             loop {
+                // The server ends a watch after its timeout; one silent for longer is a
+                // connection lost without a word, and is started again.
+                let silence = std::time::Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS) + 30);
                 let event = tokio::select! {
-                    event = stream.next() => event,
+                    event = tokio::time::timeout(silence, stream.next()) => match event {
+                        Ok(event) => event,
+                        Err(_) => {
+                            tracing::warn!(silent_secs = silence.as_secs(), "the pod watch went silent; watching again");
+                            break;
+                        }
+                    },
                     changed = stop.changed() => {
                         if changed.is_err() || *stop.borrow() {
                             return;

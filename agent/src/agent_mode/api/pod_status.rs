@@ -43,7 +43,7 @@ impl Reporter {
             return;
         }
         let pods: Api<k8s::Pod> = Api::namespaced(self.client.clone(), pod.source.namespace());
-        match pods.patch_status(pod.source.name(), &PatchParams::default(), &Patch::Strategic(&body)).await {
+        match super::bounded(pods.patch_status(pod.source.name(), &PatchParams::default(), &Patch::Strategic(&body))).await {
             Ok(_) => {
                 tracing::debug!(phase = status.phase.as_deref().unwrap_or_default(), "pod status sent");
                 self.sent.insert(pod.source.uid.clone(), body);
