@@ -4,7 +4,7 @@
 //! pure lookups over what was fetched, with kubelet's rules for `optional`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use cri_proto::v1;
 use k8s_openapi::api::core::v1 as k8s;
@@ -145,8 +145,8 @@ fn is_env_name(s: &str) -> bool {
 #[derive(Debug, PartialEq)]
 pub struct VolumeFile {
     /// Relative to the volume's directory.
-    pub path: PathBuf,
-    pub bytes: Vec<u8>,
+    pub path: String,
+    pub data: Vec<u8>,
     pub mode: u32,
 }
 
@@ -188,7 +188,7 @@ impl Source<'_> {
             return if optional { Ok(Vec::new()) } else { Err(format!("volume {volume:?}: {kind} {name:?} not found")) };
         };
         let Some(items) = self.items else {
-            return Ok(values.into_iter().map(|(k, bytes)| VolumeFile { path: k.into(), bytes, mode: mode(None) }).collect());
+            return Ok(values.into_iter().map(|(k, bytes)| VolumeFile { path: k, data: bytes, mode: mode(None) }).collect());
         };
         let mut files = Vec::new();
         for item in items {
@@ -197,7 +197,7 @@ impl Source<'_> {
                 return Err(format!("volume {volume:?}: item path {:?} must be relative and stay inside the volume", item.path));
             }
             match values.get(&item.key) {
-                Some(bytes) => files.push(VolumeFile { path: path.into(), bytes: bytes.clone(), mode: mode(item.mode) }),
+                Some(bytes) => files.push(VolumeFile { path: item.path.clone(), data: bytes.clone(), mode: mode(item.mode) }),
                 None if optional => {}
                 None => return Err(format!("volume {volume:?}: key {:?} not found in {kind} {name:?}", item.key)),
             }
@@ -270,11 +270,11 @@ mod tests {
         .unwrap();
         let files = volume_files(&v, &data()).unwrap().unwrap();
         assert_eq!(files, [
-            VolumeFile { path: "conf/app.properties".into(), bytes: b"a=1\n".to_vec(), mode: 0o440 },
-            VolumeFile { path: "g".into(), bytes: b"hello".to_vec(), mode: 0o600 },
+            VolumeFile { path: "conf/app.properties".into(), data: b"a=1\n".to_vec(), mode: 0o440 },
+            VolumeFile { path: "g".into(), data: b"hello".to_vec(), mode: 0o600 },
         ]);
         let all: k8s::Volume = serde_json::from_value(serde_json::json!({"name": "s", "secret": {"secretName": "sec"}})).unwrap();
-        assert_eq!(volume_files(&all, &data()).unwrap().unwrap(), [VolumeFile { path: "password".into(), bytes: b"s3cret".to_vec(), mode: 0o644 }]);
+        assert_eq!(volume_files(&all, &data()).unwrap().unwrap(), [VolumeFile { path: "password".into(), data: b"s3cret".to_vec(), mode: 0o644 }]);
         let escape: k8s::Volume =
             serde_json::from_value(serde_json::json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "GREETING", "path": "../x"}]}})).unwrap();
         assert!(volume_files(&escape, &data()).unwrap().is_err());

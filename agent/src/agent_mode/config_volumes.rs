@@ -35,7 +35,7 @@ pub fn populate(spec: &k8s::PodSpec, paths: &HashMap<String, PathBuf>, data: &Co
         let Some(files) = volume_files(v, data) else { continue };
         let dir = paths.get(&v.name).ok_or_else(|| format!("volume {:?} was not set up", v.name))?;
         for file in files? {
-            write(dir, &file).map_err(|e| format!("volume {:?}: {}: {e}", v.name, file.path.display()))?;
+            write(dir, &file).map_err(|e| format!("volume {:?}: {}: {e}", v.name, file.path))?;
         }
     }
     Ok(())
@@ -50,7 +50,7 @@ fn write(dir: &Path, file: &VolumeFile) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = parent.join(format!("..{name}.tmp"));
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(file.mode).open(&tmp)?;
-    f.write_all(&file.bytes)?;
+    f.write_all(&file.data)?;
     f.sync_all()?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(file.mode))?;
     std::fs::rename(&tmp, &path)
