@@ -11,29 +11,13 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Pod;
 use sha2::{Digest, Sha256};
 
+use super::desired::DesiredPod;
+
 /// Kubelet's annotations on static pods.
 pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
 pub const CONFIG_HASH: &str = "kubernetes.io/config.hash";
 /// Which file a pod came from, so operators (and the tests) can tell.
 pub const MANIFEST_FILE: &str = "capstan.io/manifest-file";
-
-/// One parsed manifest, already given its static-pod identity.
-#[derive(Debug, Clone)]
-pub struct StaticPod {
-    pub file: PathBuf,
-    /// Hex digest of the file's bytes and the node name; also the pod's uid.
-    pub hash: String,
-    pub pod: Pod,
-}
-
-impl StaticPod {
-    pub fn name(&self) -> &str {
-        self.pod.metadata.name.as_deref().unwrap_or_default()
-    }
-    pub fn namespace(&self) -> &str {
-        self.pod.metadata.namespace.as_deref().unwrap_or("default")
-    }
-}
 
 /// The directory, plus what was already reported about bad files (so a broken file is
 /// logged when it appears or changes, not on every scan).
@@ -50,7 +34,7 @@ impl ManifestDir {
     }
 
     /// The pods the directory asks for now, by file. A missing directory asks for none.
-    pub fn scan(&mut self) -> BTreeMap<PathBuf, StaticPod> {
+    pub fn scan(&mut self) -> BTreeMap<PathBuf, DesiredPod> {
         let mut pods = BTreeMap::new();
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -80,7 +64,7 @@ impl ManifestDir {
             match parse(&path, &bytes, &hash, &self.node_name) {
                 Ok(pod) => {
                     self.reported.remove(&path);
-                    pods.insert(path.clone(), StaticPod { file: path, hash, pod });
+                    pods.insert(path.clone(), DesiredPod::from_file(path, hash, pod));
                 }
                 Err(message) => {
                     if self.reported.get(&path) != Some(&hash) {
@@ -165,6 +149,7 @@ fn validate(pod: &Pod) -> Result<(), String> {
     {
         return Err(format!("restartPolicy {policy:?} is not Always, OnFailure or Never"));
     }
+    refuse_api_objects(spec)?;
     let volumes: std::collections::HashSet<&str> =
         spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
     for c in &spec.containers {
@@ -172,6 +157,36 @@ fn validate(pod: &Pod) -> Result<(), String> {
             if !volumes.contains(m.name.as_str()) {
                 return Err(format!("container {:?} mounts unknown volume {:?}", c.name, m.name));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A static pod exists without the API server, so it cannot take data from its objects:
+/// kubelet refuses static pods that reference ConfigMaps or Secrets too.
+fn refuse_api_objects(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), String> {
+    const WHY: &str = "static pods cannot reference API objects (kubelet refuses them too)";
+    for v in spec.volumes.iter().flatten() {
+        let kind = if v.config_map.is_some() {
+            "configMap"
+        } else if v.secret.is_some() {
+            "secret"
+        } else if v.projected.iter().flat_map(|p| p.sources.iter().flatten()).any(|s| s.config_map.is_some() || s.secret.is_some()) {
+            "projected"
+        } else {
+            continue;
+        };
+        return Err(format!("volume {:?} is a {kind} volume: {WHY}", v.name));
+    }
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for e in c.env.iter().flatten() {
+            let source = e.value_from.as_ref();
+            if source.is_some_and(|s| s.config_map_key_ref.is_some() || s.secret_key_ref.is_some()) {
+                return Err(format!("container {:?} env {:?} takes its value from a ConfigMap or Secret: {WHY}", c.name, e.name));
+            }
+        }
+        if c.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(format!("container {:?} has envFrom: {WHY}", c.name));
         }
     }
     Ok(())
@@ -211,14 +226,16 @@ mod tests {
         std::fs::write(dir.path().join("noname.json"), r#"{"apiVersion":"v1","kind":"Pod","spec":{"containers":[{"name":"c","image":"i"}]}}"#).unwrap();
         std::fs::write(dir.path().join("dup.yaml"), POD.replace("image: busybox\n", "image: b\n  - name: c\n    image: b\n")).unwrap();
         std::fs::write(dir.path().join(".swap.yaml"), POD).unwrap();
+        let secret_env = "    envFrom: [{secretRef: {name: s}}]\n";
+        std::fs::write(dir.path().join("secret.yaml"), POD.to_string() + secret_env).unwrap();
         std::fs::write(dir.path().join("notes.txt"), POD).unwrap();
         let mut m = ManifestDir::new(dir.path().into(), "n".into());
         let pods = m.scan();
         assert_eq!(pods.keys().map(|p| p.file_name().unwrap().to_str().unwrap()).collect::<Vec<_>>(), ["good.yaml"]);
         // A changed file is a new generation.
-        let before = pods.values().next().unwrap().hash.clone();
+        let before = pods.values().next().unwrap().uid.clone();
         std::fs::write(dir.path().join("good.yaml"), POD.replace("app: web", "app: web2")).unwrap();
-        let after = m.scan().values().next().unwrap().hash.clone();
+        let after = m.scan().values().next().unwrap().uid.clone();
         assert_ne!(before, after);
     }
 }

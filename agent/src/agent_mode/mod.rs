@@ -1,10 +1,17 @@
 //! Agent mode: Capstan as the node agent on nodes without kubelet (off by default).
 //!
-//! This slice serves static pods: [`manifests`] reads the manifest directory, [`pod_sync`]
-//! turns each pod into CRI calls on our own runtime, [`volumes`] sets its volumes up,
-//! [`status`] reports phase and restart counts. Node registration, the Lease and the API
-//! server as a pod source are not here yet.
+//! Pods come from two sources, both as [`desired::DesiredPod`]s: the manifest directory
+//! ([`manifests`], static pods) and, with `[agent] kubeconfig`, the API server ([`api`]: the
+//! pods bound to this node; the same module registers the Node, renews its Lease and sends
+//! pod status back). The sync loop here runs them alike: [`pod_sync`] turns each into CRI
+//! calls on our own runtime, [`volumes`] and [`config_volumes`] set its volumes up,
+//! [`config_data`] resolves its ConfigMap and Secret references, [`status`] builds its
+//! status (written beside the pod, and patched to the API server for API pods).
 
+mod api;
+mod config_data;
+mod config_volumes;
+mod desired;
 mod manifests;
 mod node;
 mod pod_sync;
@@ -12,7 +19,7 @@ mod quantity;
 mod status;
 mod volumes;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +27,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::cri::Cri;
 
+use api::ApiSide;
+use desired::{DesiredPod, MANAGED_API, MANAGED_STATIC, PodKey};
 use manifests::ManifestDir;
 use pod_sync::RunningPod;
-
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{call}: {status}", status = .status.message())]
@@ -50,8 +58,9 @@ impl AgentError {
     }
 }
 
-/// Starts the sync loop when `[agent] enabled`; it ends when `stop` turns true. Static
-/// pods keep running when the daemon stops, as with kubelet; the next start adopts them.
+/// Starts the sync loop when `[agent] enabled` (and, with a kubeconfig, the API-server
+/// tasks); it ends when `stop` turns true. Pods keep running when the daemon stops, as with
+/// kubelet; the next start adopts them.
 pub fn spawn(
     config: &Config,
     cri: Arc<Cri>,
@@ -66,33 +75,48 @@ pub fn spawn(
     let pods_dir = config.root.join("agent").join("pods");
     let manifests = ManifestDir::new(config.agent.manifest_dir.clone(), node_name.clone());
     tracing::info!(manifest_dir = %config.agent.manifest_dir.display(), node = %node_name, period_secs = period.as_secs(), "agent mode: serving static pods");
-    match node::gather(config, &node_name, runtime_ready) {
-        Ok(facts) => match serde_json::to_string(&node::node_object(&facts)) {
-            Ok(json) => tracing::info!(node = %json, "agent mode: this node's Node object (not registered: no API server in this mode yet)"),
-            Err(e) => tracing::warn!(error = %e, "cannot encode the Node object"),
-        },
-        Err(e) => tracing::warn!(error = %e, "cannot gather the node's facts"),
+    if config.agent.kubeconfig.is_none() {
+        match node::gather(config, &node_name, runtime_ready) {
+            Ok(facts) => match serde_json::to_string(&node::node_object(&facts)) {
+                Ok(json) => tracing::info!(node = %json, "agent mode: this node's Node object (no agent.kubeconfig: not registered)"),
+                Err(e) => tracing::warn!(error = %e, "cannot encode the Node object"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot gather the node's facts"),
+        }
     }
-    let agent = Agent { cri, pods_dir, manifests, pods: BTreeMap::new() };
-    Some(tokio::spawn(agent.run(period, stop)))
+    let config = config.clone();
+    Some(tokio::spawn(async move {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let api = api::start(&config, &node_name, cri.clone(), changed.clone(), stop.clone()).await;
+        let agent = Agent { cri, pods_dir, manifests, pods: BTreeMap::new(), api, changed, deleted: HashSet::new() };
+        agent.run(period, stop).await
+    }))
 }
 
 struct Agent {
     cri: Arc<Cri>,
     pods_dir: PathBuf,
     manifests: ManifestDir,
-    /// The pods we run, by manifest file.
-    pods: BTreeMap<PathBuf, RunningPod>,
+    /// The pods we run, by manifest file or API uid.
+    pods: BTreeMap<PodKey, RunningPod>,
+    api: Option<ApiSide>,
+    /// Woken by the API pod source on every change, so a new pod does not wait a period.
+    changed: Arc<tokio::sync::Notify>,
+    /// Uids of terminating API pods whose final delete went through.
+    deleted: HashSet<String>,
 }
 
 impl Agent {
     async fn run(mut self, period: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        self.recover().await;
+        let static_pods = self.manifests.scan().into_values().collect();
+        self.recover(MANAGED_STATIC, static_pods).await;
+        let changed = self.changed.clone();
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.sync_once().await,
+                () = changed.notified() => self.sync_once().await,
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         break;
@@ -100,42 +124,46 @@ impl Agent {
                 }
             }
         }
-        tracing::info!(pods = self.pods.len(), "agent mode stopped; static pods keep running");
+        tracing::info!(pods = self.pods.len(), "agent mode stopped; pods keep running");
     }
 
-    /// Static pods a previous daemon started: a ready one whose manifest is unchanged (same
-    /// uid) is adopted, so a daemon restart does not restart the node's static pods; any
-    /// other goes, with its volumes.
-    async fn recover(&mut self) {
+    /// Pods a previous daemon started for one source (`managed`: the `capstan.io/agent`
+    /// label): a ready one still desired with the same uid is adopted, so a daemon restart
+    /// does not restart the node's pods; any other goes, with its volumes. `false` when it
+    /// must be tried again (an API pod's ConfigMaps or Secrets could not be fetched).
+    async fn recover(&mut self, managed: &str, desired: Vec<DesiredPod>) -> bool {
         use cri_proto::RuntimeService;
-        let filter = v1::PodSandboxFilter {
-            label_selector: [(pod_sync::MANAGED_BY.to_string(), "static".to_string())].into(),
-            ..Default::default()
-        };
+        let filter = v1::PodSandboxFilter { label_selector: [(pod_sync::MANAGED_BY.to_string(), managed.to_string())].into(), ..Default::default() };
         let request = tonic::Request::new(v1::ListPodSandboxRequest { filter: Some(filter) });
         let list = match RuntimeService::list_pod_sandbox(&*self.cri, request).await {
             Ok(list) => list.into_inner().items,
             Err(e) => {
-                tracing::warn!(error = %e.message(), "cannot list static pods left by a previous run");
-                return;
+                tracing::warn!(error = %e.message(), managed, "cannot list pods left by a previous run");
+                return managed == MANAGED_STATIC;
             }
         };
-        let desired = self.manifests.scan();
         for sandbox in list {
             let uid = sandbox.labels.get(pod_sync::POD_UID).cloned().unwrap_or_default();
             let ready = sandbox.state == v1::PodSandboxState::SandboxReady as i32;
-            let source = desired.values().find(|d| d.hash == uid && !self.pods.contains_key(&d.file)).cloned();
+            let source = desired.iter().find(|d| d.uid == uid && !self.pods.contains_key(&d.key())).cloned();
             if let (true, Some(source)) = (ready, source) {
-                let file = source.file.clone();
+                let source = match self.with_config(source).await {
+                    Ok(source) => source,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot fetch an API pod's ConfigMaps and Secrets; adopting it later");
+                        return false;
+                    }
+                };
+                let key = source.key();
                 match pod_sync::adopt(&self.cri, self.pods_dir.clone(), source, sandbox.id.clone()).await {
                     Ok(pod) => {
-                        self.pods.insert(file, pod);
+                        self.pods.insert(key, pod);
                         continue;
                     }
-                    Err(e) => tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot adopt static pod; replacing it"),
+                    Err(e) => tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot adopt pod; replacing it"),
                 }
             }
-            tracing::info!(sandbox = %sandbox.id, "removing a static pod left by a previous run");
+            tracing::info!(sandbox = %sandbox.id, managed, "removing a pod left by a previous run");
             let id = sandbox.id.clone();
             let _ = RuntimeService::stop_pod_sandbox(&*self.cri, tonic::Request::new(v1::StopPodSandboxRequest { pod_sandbox_id: id.clone() })).await;
             let _ = RuntimeService::remove_pod_sandbox(&*self.cri, tonic::Request::new(v1::RemovePodSandboxRequest { pod_sandbox_id: id })).await;
@@ -149,44 +177,101 @@ impl Agent {
                 .await;
             }
         }
+        true
+    }
+
+    /// An API pod with the ConfigMaps and Secrets it references; a static pod as it is.
+    async fn with_config(&self, mut source: DesiredPod) -> Result<DesiredPod, api::ApiError> {
+        if let (Some(api), false) = (&self.api, source.is_static()) {
+            source.config = Arc::new(api::config_objects::fetch(&api.client, &source.pod).await?);
+        }
+        Ok(source)
+    }
+
+    /// What both sources want now. Until the API source's first full list (and the
+    /// recovery against it) API pods are neither started nor stopped.
+    async fn desired(&mut self) -> (BTreeMap<PodKey, DesiredPod>, Vec<DesiredPod>) {
+        let mut desired: BTreeMap<PodKey, DesiredPod> = self.manifests.scan().into_values().map(|d| (d.key(), d)).collect();
+        let mut terminating = Vec::new();
+        let snapshot = self.api.as_ref().map(|api| api.pods.snapshot()).unwrap_or_default();
+        let recovered = self.api.as_ref().is_some_and(|api| api.recovered);
+        for pod in snapshot.pods {
+            let d = DesiredPod::from_api(pod);
+            let phase = d.pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if d.pod.metadata.deletion_timestamp.is_some() {
+                terminating.push(d);
+            } else if matches!(phase, Some("Succeeded" | "Failed")) && !self.pods.contains_key(&d.key()) {
+                // Finished before we saw it (or before a restart): never run again.
+            } else {
+                desired.insert(d.key(), d);
+            }
+        }
+        if snapshot.synced && !recovered {
+            let api_pods = desired.values().filter(|d| !d.is_static()).cloned().collect();
+            let done = self.recover(MANAGED_API, api_pods).await;
+            if let Some(api) = self.api.as_mut() {
+                api.recovered = done;
+            }
+        }
+        if !self.api.as_ref().is_some_and(|api| api.recovered) {
+            desired.retain(|_, d| d.is_static());
+            for (key, pod) in &self.pods {
+                if matches!(key, PodKey::Api(_)) {
+                    desired.insert(key.clone(), pod.source.clone());
+                }
+            }
+        }
+        (desired, terminating)
     }
 
     async fn sync_once(&mut self) {
-        let desired = self.manifests.scan();
-        // Removed or changed files: the old pod goes first (a changed file is a new pod).
-        let mut stale: Vec<PathBuf> = self
-            .pods
-            .iter()
-            .filter(|(file, pod)| desired.get(*file).is_none_or(|d| d.hash != pod.source.hash))
-            .map(|(file, _)| file.clone())
-            .collect();
+        let (desired, terminating) = self.desired().await;
+        // Gone or changed sources: the old pod goes first (a changed file is a new pod; a
+        // terminating API pod is no longer desired).
+        let mut stale: Vec<PodKey> =
+            self.pods.iter().filter(|(key, pod)| desired.get(*key).is_none_or(|d| d.uid != pod.source.uid)).map(|(key, _)| key.clone()).collect();
         // A sandbox stopped or removed behind our back (crictl, a crash) is made again, as
         // kubelet does: the pod goes and the loop below starts it afresh.
-        for (file, pod) in &self.pods {
-            if !stale.contains(file) && !pod_sync::sandbox_ready(&self.cri, &pod.sandbox_id).await {
-                tracing::warn!(file = %file.display(), sandbox = %pod.sandbox_id, "static pod sandbox is gone or not ready; recreating the pod");
-                stale.push(file.clone());
+        for (key, pod) in &self.pods {
+            if !stale.contains(key) && !pod_sync::sandbox_ready(&self.cri, &pod.sandbox_id).await {
+                if pod.source.is_static() {
+                    tracing::warn!(file = %pod.source.origin, sandbox = %pod.sandbox_id, "static pod sandbox is gone or not ready; recreating the pod");
+                } else {
+                    tracing::warn!(pod = %pod.source.name(), sandbox = %pod.sandbox_id, "API pod sandbox is gone or not ready; recreating the pod");
+                }
+                stale.push(key.clone());
             }
         }
-        for file in stale {
-            if let Some(pod) = self.pods.get(&file) {
+        for key in stale {
+            if let Some(pod) = self.pods.get(&key) {
                 match pod_sync::remove(&self.cri, pod).await {
                     Ok(()) => {
-                        self.pods.remove(&file);
+                        if let (Some(api), PodKey::Api(uid)) = (self.api.as_mut(), &key) {
+                            api.statuses.forget(uid);
+                        }
+                        self.pods.remove(&key);
                     }
-                    Err(e) => tracing::error!(file = %file.display(), error = %e, "cannot remove static pod; retrying next sync"),
+                    Err(e) => tracing::error!(pod = %key, error = %e, "cannot remove pod; retrying next sync"),
                 }
             }
         }
-        for (file, source) in desired {
-            if self.pods.contains_key(&file) {
+        self.finish_deletions(&terminating).await;
+        for (key, source) in desired {
+            if self.pods.contains_key(&key) {
                 continue;
             }
+            let source = match self.with_config(source).await {
+                Ok(source) => source,
+                Err(e) => {
+                    tracing::error!(pod = %key, error = %e, "cannot fetch the pod's ConfigMaps and Secrets; retrying next sync");
+                    continue;
+                }
+            };
             match pod_sync::start(&self.cri, self.pods_dir.clone(), source).await {
                 Ok(pod) => {
-                    self.pods.insert(file, pod);
+                    self.pods.insert(key, pod);
                 }
-                Err(e) => tracing::error!(file = %file.display(), error = %e, "cannot start static pod; retrying next sync"),
+                Err(e) => tracing::error!(pod = %key, error = %e, "cannot start pod; retrying next sync"),
             }
         }
         for pod in self.pods.values_mut() {
@@ -194,6 +279,27 @@ impl Agent {
             let statuses = pod_sync::container_statuses(&self.cri, pod).await;
             let status = status::pod_status(pod, &statuses);
             write_status(pod, &status);
+            if let (Some(api), false) = (self.api.as_mut(), pod.source.is_static()) {
+                api.statuses.report(&self.cri, pod, status).await;
+            }
+        }
+    }
+
+    /// Terminating API pods no longer run here are deleted for good (grace period 0), once
+    /// each; the watch then drops them.
+    async fn finish_deletions(&mut self, terminating: &[DesiredPod]) {
+        let Some(api) = self.api.as_ref().filter(|api| api.recovered) else { return };
+        self.deleted.retain(|uid| terminating.iter().any(|d| &d.uid == uid));
+        for d in terminating {
+            if self.pods.contains_key(&d.key()) || self.deleted.contains(&d.uid) {
+                continue;
+            }
+            match api::pod_deletion::delete_now(&api.client, d.namespace(), d.name(), &d.uid).await {
+                Ok(()) => {
+                    self.deleted.insert(d.uid.clone());
+                }
+                Err(e) => tracing::warn!(pod = %d.name(), namespace = %d.namespace(), error = %e, "cannot delete the terminated pod; retrying next sync"),
+            }
         }
     }
 }

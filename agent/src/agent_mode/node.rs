@@ -1,8 +1,8 @@
-//! The Node object agent mode would register: labels (kubelet's well-known ones plus
+//! The Node object agent mode registers: labels (kubelet's well-known ones plus
 //! `capstan node-labels`' configured and discovered ones), capacity and allocatable from
-//! the host, addresses, conditions from real pressure signals, and nodeInfo. Registering
-//! it (and the Lease) needs an API server and is not in this slice: the daemon logs it at
-//! start so an operator can see what the node would report.
+//! the host, addresses, conditions from real pressure signals, and nodeInfo. The API side
+//! ([`super::api::node_registration`]) posts it and keeps its status current; without a
+//! kubeconfig the daemon logs it at start so an operator can see what the node reports.
 
 use std::collections::BTreeMap;
 use std::path::Path;

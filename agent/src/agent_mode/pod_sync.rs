@@ -13,8 +13,8 @@ use cri_proto::{ImageService, RuntimeService};
 use k8s_openapi::api::core::v1 as k8s;
 use tonic::Request;
 
-use super::manifests::StaticPod;
-use super::{AgentError, quantity, volumes};
+use super::desired::DesiredPod;
+use super::{AgentError, config_data, config_volumes, quantity, volumes};
 use crate::cri::Cri;
 
 /// Kubelet's labels on sandboxes and containers.
@@ -42,11 +42,13 @@ pub struct Tracked {
     pub done: bool,
     /// Why the last attempt failed before it ran (image pull, create), for the status.
     pub waiting_reason: Option<String>,
+    /// How the previous instance ended: the status's `lastState`.
+    pub last_termination: Option<k8s::ContainerStateTerminated>,
 }
 
 /// A pod agent mode runs.
 pub struct RunningPod {
-    pub source: StaticPod,
+    pub source: DesiredPod,
     pub sandbox_id: String,
     pub sandbox_config: v1::PodSandboxConfig,
     pub volumes: PodVolumes,
@@ -61,15 +63,20 @@ fn cri_err(call: &'static str) -> impl FnOnce(tonic::Status) -> AgentError {
 }
 
 /// Makes the pod's volumes and sandbox; the containers follow in [`sync`].
-#[tracing::instrument(skip_all, fields(pod = %source.name(), uid = %source.hash))]
-pub async fn start(cri: &Arc<Cri>, pods_dir: PathBuf, source: StaticPod) -> Result<RunningPod, AgentError> {
+#[tracing::instrument(skip_all, fields(pod = %source.name(), uid = %source.uid))]
+pub async fn start(cri: &Arc<Cri>, pods_dir: PathBuf, source: DesiredPod) -> Result<RunningPod, AgentError> {
     let spec = source.pod.spec.clone().unwrap_or_default();
     let wanted = volumes::convert(&spec).map_err(AgentError::Invalid)?;
-    let uid = source.hash.clone();
+    let uid = source.uid.clone();
     let pod_dir = pods_dir.join(&uid);
+    let (volume_spec, config) = (spec.clone(), source.config.clone());
     let (pod_volumes, volume_paths) = tokio::task::spawn_blocking(move || {
         let pv = PodVolumes::new(&pods_dir, &uid).map_err(|e| AgentError::Volume(e.to_string()))?;
         let paths = volumes::setup_all(&pv, &wanted).map_err(AgentError::Volume)?;
+        if let Err(e) = config_volumes::populate(&volume_spec, &paths, &config) {
+            let _ = pv.teardown_all(true);
+            return Err(AgentError::Volume(e));
+        }
         Ok::<_, AgentError>((pv, paths))
     })
     .await
@@ -84,7 +91,7 @@ pub async fn start(cri: &Arc<Cri>, pods_dir: PathBuf, source: StaticPod) -> Resu
             return Err(cri_err("RunPodSandbox")(status));
         }
     };
-    tracing::info!(sandbox = %sandbox_id, file = %source.file.display(), "static pod sandbox running");
+    tracing::info!(sandbox = %sandbox_id, source = %source.origin, "pod sandbox running");
     let containers = spec.containers.iter().map(|c| (c.name.clone(), Tracked::default())).collect();
     Ok(RunningPod {
         source,
@@ -102,10 +109,10 @@ pub async fn start(cri: &Arc<Cri>, pods_dir: PathBuf, source: StaticPod) -> Resu
 /// its volumes are set up again (a no-op when they still are), its containers are found
 /// by name, the newest attempt of each being the current one.
 #[tracing::instrument(skip_all, fields(pod = %source.name(), sandbox = %sandbox_id))]
-pub async fn adopt(cri: &Arc<Cri>, pods_dir: PathBuf, source: StaticPod, sandbox_id: String) -> Result<RunningPod, AgentError> {
+pub async fn adopt(cri: &Arc<Cri>, pods_dir: PathBuf, source: DesiredPod, sandbox_id: String) -> Result<RunningPod, AgentError> {
     let spec = source.pod.spec.clone().unwrap_or_default();
     let wanted = volumes::convert(&spec).map_err(AgentError::Invalid)?;
-    let uid = source.hash.clone();
+    let uid = source.uid.clone();
     let pod_dir = pods_dir.join(&uid);
     let (pod_volumes, volume_paths) = tokio::task::spawn_blocking(move || {
         let pv = PodVolumes::new(&pods_dir, &uid).map_err(|e| AgentError::Volume(e.to_string()))?;
@@ -134,7 +141,12 @@ pub async fn adopt(cri: &Arc<Cri>, pods_dir: PathBuf, source: StaticPod, sandbox
             t.started = Some(Instant::now());
         }
     }
-    tracing::info!(containers = containers.values().filter(|t| t.id.is_some()).count(), "adopted a static pod from a previous run");
+    let count = containers.values().filter(|t| t.id.is_some()).count();
+    if source.is_static() {
+        tracing::info!(containers = count, "adopted a static pod from a previous run");
+    } else {
+        tracing::info!(containers = count, "adopted an API pod from a previous run");
+    }
     Ok(RunningPod {
         sandbox_config: sandbox_config(&source, &pod_dir),
         source,
@@ -184,6 +196,7 @@ pub async fn sync(cri: &Arc<Cri>, pod: &mut RunningPod) {
                 continue;
             }
             if tracked.not_before.is_none() {
+                tracked.last_termination = Some(super::status::terminated(&status));
                 let backoff = tracked.backoff.map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
                 tracked.backoff = Some(backoff);
                 tracked.not_before = Some(Instant::now() + backoff);
@@ -228,7 +241,7 @@ struct PodCtx<'a> {
     sandbox_id: &'a str,
     sandbox_config: &'a v1::PodSandboxConfig,
     volume_paths: &'a HashMap<String, PathBuf>,
-    source: &'a StaticPod,
+    source: &'a DesiredPod,
 }
 
 fn pod_ctx(pod: &RunningPod) -> PodCtx<'_> {
@@ -317,16 +330,16 @@ async fn ensure_image(cri: &Arc<Cri>, c: &k8s::Container) -> Result<String, Agen
     Ok(pulled.into_inner().image_ref)
 }
 
-fn base_labels(source: &StaticPod) -> HashMap<String, String> {
+fn base_labels(source: &DesiredPod) -> HashMap<String, String> {
     HashMap::from([
         (POD_NAME.to_string(), source.name().to_string()),
         (POD_NAMESPACE.to_string(), source.namespace().to_string()),
-        (POD_UID.to_string(), source.hash.clone()),
-        (MANAGED_BY.to_string(), "static".to_string()),
+        (POD_UID.to_string(), source.uid.clone()),
+        (MANAGED_BY.to_string(), source.managed_by().to_string()),
     ])
 }
 
-fn sandbox_config(source: &StaticPod, pod_dir: &std::path::Path) -> v1::PodSandboxConfig {
+fn sandbox_config(source: &DesiredPod, pod_dir: &std::path::Path) -> v1::PodSandboxConfig {
     let pod = &source.pod;
     let spec = pod.spec.clone().unwrap_or_default();
     let host_network = spec.host_network.unwrap_or(false);
@@ -355,7 +368,7 @@ fn sandbox_config(source: &StaticPod, pod_dir: &std::path::Path) -> v1::PodSandb
     v1::PodSandboxConfig {
         metadata: Some(v1::PodSandboxMetadata {
             name: source.name().to_string(),
-            uid: source.hash.clone(),
+            uid: source.uid.clone(),
             namespace: source.namespace().to_string(),
             attempt: 0,
         }),
@@ -436,7 +449,7 @@ fn dns_config(spec: &k8s::PodSpec) -> v1::DnsConfig {
 }
 
 fn container_config(
-    source: &StaticPod,
+    source: &DesiredPod,
     sandbox: &v1::PodSandboxConfig,
     c: &k8s::Container,
     image: &str,
@@ -447,14 +460,23 @@ fn container_config(
     let mut labels = base_labels(source);
     labels.insert(CONTAINER_NAME.into(), c.name.clone());
     let annotations = HashMap::from([(RESTART_COUNT.to_string(), attempt.to_string())]);
-    let mut envs = Vec::new();
+    let mut envs = config_data::env_from(c, &source.config).map_err(AgentError::Invalid)?;
     for e in c.env.iter().flatten() {
+        match config_data::key_ref(e, &source.config).map_err(AgentError::Invalid)? {
+            config_data::KeyRef::Value(value) => {
+                envs.push(v1::KeyValue { key: e.name.clone(), value });
+                continue;
+            }
+            config_data::KeyRef::Skip => continue,
+            config_data::KeyRef::Other => {}
+        }
         if e.value_from.is_some() {
             tracing::warn!(container = %c.name, env = %e.name, "env valueFrom is not supported in agent mode; skipped");
             continue;
         }
         envs.push(v1::KeyValue { key: e.name.clone(), value: e.value.clone().unwrap_or_default() });
     }
+    config_data::last_wins(&mut envs);
     let psc = spec.security_context.clone().unwrap_or_default();
     let sc = c.security_context.clone().unwrap_or_default();
     let caps = sc.capabilities.clone().unwrap_or_default();
@@ -576,7 +598,7 @@ pub async fn remove(cri: &Arc<Cri>, pod: &RunningPod) -> Result<(), AgentError> 
     })
     .await
     .map_err(|e| AgentError::Internal(e.to_string()))??;
-    tracing::info!(file = %pod.source.file.display(), "static pod removed");
+    tracing::info!(source = %pod.source.origin, "pod removed");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Pod status from the runtime: phase, conditions and container statuses with restart
-//! counts, as a v1 `PodStatus`. With no API server in this slice it is written next to the
-//! pod (`<root>/agent/pods/<uid>/status.json`) for operators and tests.
+//! counts, as a v1 `PodStatus`. It is written next to the pod
+//! (`<root>/agent/pods/<uid>/status.json`) for operators and tests; API pods' is also sent
+//! to the API server ([`super::api::pod_status`]).
 
 use std::collections::HashMap;
 
@@ -36,6 +37,7 @@ pub fn pod_status(pod: &RunningPod, cri: &HashMap<String, v1::ContainerStatus>) 
             ready,
             started: Some(ready),
             state: Some(state),
+            last_state: tracked.and_then(|t| t.last_termination.clone()).map(|t| k8s::ContainerState { terminated: Some(t), ..Default::default() }),
             ..Default::default()
         });
     }
@@ -83,16 +85,9 @@ fn container_state(tracked: Option<&Tracked>, s: Option<&v1::ContainerStatus>) -
             running: Some(k8s::ContainerStateRunning { started_at: time(s.started_at) }),
             ..Default::default()
         },
-        Some(s) if s.state == v1::ContainerState::ContainerExited as i32 && !backing_off => k8s::ContainerState {
-            terminated: Some(k8s::ContainerStateTerminated {
-                exit_code: s.exit_code,
-                reason: Some(s.reason.clone()).filter(|r| !r.is_empty()),
-                started_at: time(s.started_at),
-                finished_at: time(s.finished_at),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        Some(s) if s.state == v1::ContainerState::ContainerExited as i32 && !backing_off => {
+            k8s::ContainerState { terminated: Some(terminated(s)), ..Default::default() }
+        }
         _ => k8s::ContainerState {
             waiting: Some(k8s::ContainerStateWaiting {
                 reason: Some(
@@ -104,6 +99,18 @@ fn container_state(tracked: Option<&Tracked>, s: Option<&v1::ContainerStatus>) -
             }),
             ..Default::default()
         },
+    }
+}
+
+/// An exited container as a terminated state (also the next instance's `lastState`).
+pub fn terminated(s: &v1::ContainerStatus) -> k8s::ContainerStateTerminated {
+    k8s::ContainerStateTerminated {
+        exit_code: s.exit_code,
+        reason: Some(s.reason.clone()).filter(|r| !r.is_empty()),
+        started_at: time(s.started_at),
+        finished_at: time(s.finished_at),
+        container_id: Some(format!("capstan://{}", s.id)).filter(|_| !s.id.is_empty()),
+        ..Default::default()
     }
 }
 
@@ -141,11 +148,7 @@ mod tests {
         let containers: Vec<_> = tracked.iter().map(|(n, ..)| serde_json::json!({"name": n, "image": "i"})).collect();
         let manifest = serde_json::json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": policy, "containers": containers}});
         RunningPod {
-            source: super::super::manifests::StaticPod {
-                file: "/m/p.yaml".into(),
-                hash: "h".into(),
-                pod: serde_json::from_value(manifest).unwrap(),
-            },
+            source: super::super::desired::DesiredPod::from_file("/m/p.yaml".into(), "h".into(), serde_json::from_value(manifest).unwrap()),
             sandbox_id: "s".into(),
             sandbox_config: Default::default(),
             volumes: capstan_volumes::PodVolumes::new(dir, "h").unwrap(),
@@ -189,11 +192,13 @@ mod tests {
         let st = pod_status(&p, &HashMap::from([("once".into(), cri(exited, 3))]));
         assert_eq!(st.phase.as_deref(), Some("Failed"));
         // Always, exited and waiting for its back-off: CrashLoopBackOff, restarts counted.
-        let p = pod("Always", dir.path(), &[("crash", Some("c"), 4, false)]);
+        let mut p = pod("Always", dir.path(), &[("crash", Some("c"), 4, false)]);
+        p.containers.get_mut("crash").unwrap().last_termination = Some(terminated(&cri(exited, 3)));
         let st = pod_status(&p, &HashMap::from([("crash".into(), cri(exited, 0))]));
         assert_eq!(st.phase.as_deref(), Some("Running"));
         let cs = &st.container_statuses.unwrap()[0];
         assert_eq!(cs.restart_count, 4);
+        assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 3, "the previous instance's end");
         assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
         assert!(!cs.ready);
         // Not started yet → Pending.

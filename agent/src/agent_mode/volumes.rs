@@ -4,6 +4,7 @@
 //!
 //! Supported sources: emptyDir (disk, or `medium: Memory` with `sizeLimit`), hostPath with
 //! its `type`, nfs, and `local` paths given as hostPath-like local volumes are the crate's;
+//! configMap and secret (API pods) are directories of the crate filled by [`super::config_volumes`];
 //! any other source is refused with the volume's name, so the pod does not start half-made.
 
 use std::collections::HashMap;
@@ -33,8 +34,10 @@ pub fn convert(spec: &k8s::PodSpec) -> Result<Vec<Volume>, String> {
             VolumeSource::HostPath(HostPath::new(&h.path, kind))
         } else if let Some(n) = &v.nfs {
             VolumeSource::Nfs(Nfs::new(&n.server, &n.path, n.read_only.unwrap_or(false)))
+        } else if let Some(source) = super::config_volumes::source(v) {
+            source
         } else {
-            return Err(format!("volume {:?}: only emptyDir, hostPath and nfs are supported in agent mode", v.name));
+            return Err(format!("volume {:?}: only emptyDir, hostPath, nfs, configMap and secret are supported in agent mode", v.name));
         };
         out.push(Volume::new(&v.name, source));
     }
@@ -120,7 +123,7 @@ mod tests {
         assert_eq!(v[2].source, VolumeSource::HostPath(HostPath::new("/tmp/x", HostPathType::DirectoryOrCreate)));
         assert_eq!(v[3].source, VolumeSource::Nfs(Nfs::new("127.0.0.1", "/export", true)));
         let bad: k8s::PodSpec =
-            serde_json::from_value(serde_json::json!({"containers": [], "volumes": [{"name": "s", "secret": {}}]})).unwrap();
+            serde_json::from_value(serde_json::json!({"containers": [], "volumes": [{"name": "s", "persistentVolumeClaim": {"claimName": "c"}}]})).unwrap();
         assert!(convert(&bad).unwrap_err().contains("\"s\""));
     }
 

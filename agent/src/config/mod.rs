@@ -114,7 +114,8 @@ impl Default for DevicePluginConfig {
     }
 }
 
-/// Agent mode: Capstan as the node agent where no kubelet runs (static pods for now).
+/// Agent mode: Capstan as the node agent where no kubelet runs: static pods from a
+/// directory and, with a kubeconfig, the Node, its Lease and the pods bound to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
@@ -126,11 +127,61 @@ pub struct AgentConfig {
     pub node_name: Option<String>,
     /// How often the manifest directory is read and pods are reconciled.
     pub sync_period_seconds: u64,
+    /// The API server to register with; unset: static pods only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How often the node's Lease is renewed (kubelet: 10 s).
+    pub lease_renew_seconds: u64,
+    /// The Lease's `leaseDurationSeconds` (kubelet: 40 s).
+    pub lease_duration_seconds: u64,
+    /// The Node's status is posted on change and at least this often (kubelet: 5 min).
+    pub node_status_report_seconds: u64,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { enabled: false, manifest_dir: "/etc/capstan/manifests".into(), node_name: None, sync_period_seconds: 10 }
+        AgentConfig {
+            enabled: false,
+            manifest_dir: "/etc/capstan/manifests".into(),
+            node_name: None,
+            sync_period_seconds: 10,
+            kubeconfig: None,
+            lease_renew_seconds: 10,
+            lease_duration_seconds: 40,
+            node_status_report_seconds: 300,
+        }
+    }
+}
+
+impl AgentConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.sync_period_seconds == 0 {
+            return Err("agent.sync_period_seconds must be at least 1".into());
+        }
+        if let Some(name) = &self.node_name
+            && (name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+        {
+            return Err(format!("agent.node_name must be a lowercase DNS name, got {name:?}"));
+        }
+        if let Some(path) = &self.kubeconfig
+            && !path.is_absolute()
+        {
+            return Err(format!("agent.kubeconfig must be an absolute path, got {:?}", path.display()));
+        }
+        if self.lease_renew_seconds == 0 {
+            return Err("agent.lease_renew_seconds must be at least 1".into());
+        }
+        // A lease renewed less often than it lasts would lapse between renewals.
+        if self.lease_duration_seconds <= self.lease_renew_seconds || i32::try_from(self.lease_duration_seconds).is_err() {
+            return Err(format!(
+                "agent.lease_duration_seconds must be more than agent.lease_renew_seconds ({}), got {}",
+                self.lease_renew_seconds, self.lease_duration_seconds
+            ));
+        }
+        if self.node_status_report_seconds == 0 {
+            return Err("agent.node_status_report_seconds must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -319,15 +370,7 @@ impl Config {
             return Err("images.max_concurrent_downloads must be at least 1".into());
         }
         self.streaming.options()?;
-        if self.agent.sync_period_seconds == 0 {
-            return Err("agent.sync_period_seconds must be at least 1".into());
-        }
-        if let Some(name) = &self.agent.node_name
-            && (name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
-        {
-            return Err(format!("agent.node_name must be a lowercase DNS name, got {name:?}"));
-        }
-        Ok(())
+        self.agent.validate()
     }
 
     /// The runtime's share of the configuration.
@@ -401,10 +444,28 @@ mod tests {
         assert_eq!((c.agent.node_name.as_deref(), c.agent.sync_period_seconds), (Some("edge-1"), 2));
         assert_eq!(c.agent.manifest_dir, PathBuf::from("/etc/capstan/manifests"));
         assert!(!Config::default().agent.enabled, "agent mode is off by default");
-        for bad in ["manifest_dir = \"m\"", "sync_period_seconds = 0", "node_name = \"Edge_1\""] {
+        let c = Config::parse(
+            "[agent]\nkubeconfig = \"/etc/capstan/kubeconfig\"\nlease_renew_seconds = 1\nlease_duration_seconds = 5\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.agent.kubeconfig.as_deref(), Some(Path::new("/etc/capstan/kubeconfig")));
+        assert_eq!((c.agent.lease_renew_seconds, c.agent.lease_duration_seconds, c.agent.node_status_report_seconds), (1, 5, 300));
+        assert_eq!(Config::default().agent.kubeconfig, None, "no API server unless configured");
+        for bad in [
+            "manifest_dir = \"m\"",
+            "sync_period_seconds = 0",
+            "node_name = \"Edge_1\"",
+            "kubeconfig = \"kubeconfig\"",
+            "lease_renew_seconds = 0",
+            "lease_duration_seconds = 10",
+            "node_status_report_seconds = 0",
+        ] {
             let err = Config::parse(&format!("[agent]\n{bad}\n"), Path::new("c")).unwrap_err().to_string();
             assert!(err.contains("agent."), "{bad}: {err}");
         }
+        let err = Config::parse("[agent]\nlease_renew = 3\n", Path::new("c")).unwrap_err().to_string();
+        assert!(err.contains("lease_renew"), "{err}");
     }
 
     #[test]
