@@ -78,8 +78,9 @@ impl Cri {
 }
 
 /// Runs a lifecycle step as its own task. tonic drops a handler's future when the client
-/// goes away (kubelet's call timeout, a killed crictl); a teardown cut off half-way would
-/// leave mounts and cgroups behind, so the step finishes whatever the client does.
+/// goes away (kubelet's call timeout, a killed crictl); a step cut off half-way would leave
+/// mounts, cgroups or a half-made pod behind, so it finishes whatever the client does.
+/// (PullImage needs no wrapper: pulls already run as shared tasks of their own.)
 async fn to_completion<T, F>(step: F) -> Result<T, tonic::Status>
 where
     T: Send + 'static,
