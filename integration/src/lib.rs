@@ -29,6 +29,33 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// [`is_root`], printing why the test is skipped when not.
+pub fn root_or_skip(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// Files (not directories) below `dir`, relative to it and sorted, for "nothing left
+/// behind" checks; symlinks count as files and are not followed.
+pub fn files_below(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap_or(&e.path()).display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A free TCP port on 127.0.0.1, found by binding port 0 (the small window before the
 /// server binds it is acceptable for tests).
 pub fn free_port() -> u16 {

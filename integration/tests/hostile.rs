@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use capstan_integration::daemon::{Daemon, DaemonOptions};
+use capstan_integration::files_below;
 use capstan_integration::image::{BuiltImage, Entry, ImageBuilder, Layer, RawEntry, push_built, raw_tar, raw_tar_of, sha256};
 use capstan_integration::pods::{Env, container, cri_mount, mountinfo_at};
 use capstan_integration::registry::Registry;
@@ -30,11 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
 fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: needs root (mounts, namespaces)");
-    false
+    capstan_integration::root_or_skip("needs root (mounts, namespaces)")
 }
 
 fn spec(image: &str) -> Option<v1::ImageSpec> {
@@ -49,25 +46,6 @@ async fn pull(daemon: &Daemon, image: &str) -> Result<String, tonic::Status> {
 async fn image_ids(daemon: &Daemon) -> Vec<String> {
     let list = daemon.image_client().await.list_images(v1::ListImagesRequest { filter: None }).await.expect("ListImages");
     list.into_inner().images.into_iter().map(|i| i.id).collect()
-}
-
-/// Every file below `dir` (relative names), for "nothing was kept" checks.
-fn files_below(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// What a failed pull might leave in the store: ingest files, blobs, snapshots (named or

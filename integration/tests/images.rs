@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use capstan_integration::daemon::{Daemon, DaemonOptions};
+use capstan_integration::files_below;
 use capstan_integration::image::{Entry, ImageBuilder, Layer, PushedImage, push_index, raw_tar};
 use capstan_integration::registry::Registry;
 use cri_proto::ImageServiceClient;
@@ -43,23 +44,6 @@ async fn fs_usage(client: &mut Images) -> (u64, u64) {
     (fs.used_bytes.as_ref().map_or(0, |v| v.value), fs.inodes_used.as_ref().map_or(0, |v| v.value))
 }
 
-/// Files (not directories) below `dir`, for "nothing left behind" checks.
-fn files_below(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
-}
-
 /// Snapshot directories (`<root>/snapshots/<64 hex>`), temporary ones included.
 fn snapshots(daemon: &Daemon) -> Vec<String> {
     std::fs::read_dir(daemon.root().join("snapshots"))
@@ -72,11 +56,7 @@ fn snapshots(daemon: &Daemon) -> Vec<String> {
 }
 
 fn root_or_skip() -> bool {
-    if !capstan_integration::is_root() {
-        eprintln!("skipped: image tests unpack layers with their owners and need root");
-        return false;
-    }
-    true
+    capstan_integration::root_or_skip("image tests unpack layers with their owners and need root")
 }
 
 #[tokio::test(flavor = "multi_thread")]
