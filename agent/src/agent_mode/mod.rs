@@ -5,11 +5,21 @@
 //! [`status`] reports phase and restart counts. Node registration, the Lease and the API
 //! server as a pod source are not here yet.
 
+mod admission;
+mod downward;
+mod env;
+mod init_containers;
 mod manifests;
 mod node;
+mod node_info;
 mod pod_sync;
+mod probes;
+mod prober;
+mod projected;
+mod qos;
 mod quantity;
 mod status;
+mod termination;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -66,19 +76,26 @@ pub fn spawn(
     let pods_dir = config.root.join("agent").join("pods");
     let manifests = ManifestDir::new(config.agent.manifest_dir.clone(), node_name.clone());
     tracing::info!(manifest_dir = %config.agent.manifest_dir.display(), node = %node_name, period_secs = period.as_secs(), "agent mode: serving static pods");
+    let mut node_info = node_info::NodeInfo::minimal(&node_name);
     match node::gather(config, &node_name, runtime_ready) {
-        Ok(facts) => match serde_json::to_string(&node::node_object(&facts)) {
-            Ok(json) => tracing::info!(node = %json, "agent mode: this node's Node object (not registered: no API server in this mode yet)"),
-            Err(e) => tracing::warn!(error = %e, "cannot encode the Node object"),
-        },
+        Ok(facts) => {
+            let node = node::node_object(&facts);
+            node_info = node_info::NodeInfo::from_node(&node);
+            match serde_json::to_string(&node) {
+                Ok(json) => tracing::info!(node = %json, "agent mode: this node's Node object (not registered: no API server in this mode yet)"),
+                Err(e) => tracing::warn!(error = %e, "cannot encode the Node object"),
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "cannot gather the node's facts"),
     }
-    let agent = Agent { cri, pods_dir, manifests, pods: BTreeMap::new() };
+    let agent = Agent { cri, node: Arc::new(node_info), pods_dir, manifests, pods: BTreeMap::new() };
     Some(tokio::spawn(agent.run(period, stop)))
 }
 
 struct Agent {
     cri: Arc<Cri>,
+    /// What pods see of this node (admission, downward API).
+    node: Arc<node_info::NodeInfo>,
     pods_dir: PathBuf,
     manifests: ManifestDir,
     /// The pods we run, by manifest file.
@@ -127,7 +144,7 @@ impl Agent {
             let source = desired.values().find(|d| d.hash == uid && !self.pods.contains_key(&d.file)).cloned();
             if let (true, Some(source)) = (ready, source) {
                 let file = source.file.clone();
-                match pod_sync::adopt(&self.cri, self.pods_dir.clone(), source, sandbox.id.clone()).await {
+                match pod_sync::adopt(&self.cri, &self.node, self.pods_dir.clone(), source, sandbox.id.clone()).await {
                     Ok(pod) => {
                         self.pods.insert(file, pod);
                         continue;
@@ -169,11 +186,13 @@ impl Agent {
             }
         }
         for file in stale {
-            if let Some(pod) = self.pods.get(&file) {
+            if let Some(pod) = self.pods.get_mut(&file) {
+                // A pod given a grace period stays (terminating) until its containers stop.
                 match pod_sync::remove(&self.cri, pod).await {
-                    Ok(()) => {
+                    Ok(true) => {
                         self.pods.remove(&file);
                     }
+                    Ok(false) => {}
                     Err(e) => tracing::error!(file = %file.display(), error = %e, "cannot remove static pod; retrying next sync"),
                 }
             }
@@ -182,7 +201,7 @@ impl Agent {
             if self.pods.contains_key(&file) {
                 continue;
             }
-            match pod_sync::start(&self.cri, self.pods_dir.clone(), source).await {
+            match pod_sync::start(&self.cri, &self.node, self.pods_dir.clone(), source).await {
                 Ok(pod) => {
                     self.pods.insert(file, pod);
                 }
