@@ -5,7 +5,8 @@
 //! restarted) and Always (restarted after back-off, counted); a sandbox stopped from outside
 //! is made again; a daemon restart adopts the pods; an edited file replaces the pod, a
 //! removed one removes it and every mount it had; a broken file is logged by name and
-//! skipped.
+//! skipped. No CNI here: the server's readiness httpGet probe reaches its 127.0.0.1 port
+//! through the pod's network namespace.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,11 +58,16 @@ metadata:
     generation: "{extra_label}"
 spec:
   restartPolicy: OnFailure
+  # httpd as PID 1 ignores SIGTERM: keep replacing and removing the pod quick.
+  terminationGracePeriodSeconds: 2
   containers:
   - name: server
     image: {image}
     command: ["sh", "-c"]
     args: ["echo hello-from-server > /shared/server.txt; exec httpd -f -p 127.0.0.1:8080 -h /shared"]
+    readinessProbe:
+      httpGet: {{path: /server.txt, port: 8080}}
+      periodSeconds: 1
     env:
     - name: GREETING
       value: hi
@@ -235,11 +241,12 @@ async fn static_pods_follow_their_manifest_files() {
     assert_eq!(once.len(), 1, "OnFailure restarted a clean exit: {cs:#?}");
     assert_eq!((once[0].id.as_str(), once[0].metadata.as_ref().unwrap().attempt), (once_id.as_str(), 0));
 
-    // resources → kubelet's conversion, in the container's cgroup: requests.cpu 100m → shares
-    // 102, limits.cpu 500m → quota 50000/100000, limits.memory 64Mi.
+    // resources → kubelet's conversion, in the container's cgroup (under the Burstable QoS
+    // parent, kubelet's layout): requests.cpu 100m → shares 102, limits.cpu 500m → quota
+    // 50000/100000, limits.memory 64Mi.
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let cgroup = |controller: &str, file: &str| {
-        let rel = format!("capstan/{}/{server_id}/{file}", web.id);
+        let rel = format!("kubepods/burstable/pod{}/{server_id}/{file}", meta.uid);
         let path = if v2 { Path::new("/sys/fs/cgroup").join(rel) } else { Path::new("/sys/fs/cgroup").join(controller).join(rel) };
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
     };
@@ -272,6 +279,17 @@ async fn static_pods_follow_their_manifest_files() {
     let status: serde_json::Value = serde_json::from_slice(&std::fs::read(pods_dir.join(&meta.uid).join("status.json")).unwrap()).unwrap();
     assert_eq!(status["phase"], "Running", "{status:#}");
     assert_eq!(status["qosClass"], "Burstable", "{status:#}");
+    // Ready through the readiness probe (the pod has no IP: it went through its netns).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(pods_dir.join(&meta.uid).join("status.json")).unwrap()).unwrap();
+        let server = s["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "server").cloned().unwrap();
+        if server["ready"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server never ready: {s:#}\nlog:\n{}", t.daemon.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Always: a clean exit is restarted after back-off and counted.
     let crash_sb = t.wait_sandbox("crash-testnode", None).await;

@@ -162,6 +162,7 @@ impl Agent {
                     if pv.teardown_all(true).is_ok() {
                         let _ = std::fs::remove_dir_all(dir);
                     }
+                    qos::tidy();
                 })
                 .await;
             }

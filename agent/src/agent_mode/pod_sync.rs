@@ -69,10 +69,17 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    /// Running, and its startup probe (if any) passed.
-    pub fn started(&self) -> bool {
+    /// What the current instance's probes say; `None` without probe workers for it (none
+    /// declared, or not started yet: the first sync after the start makes them).
+    pub fn probe_results(&self) -> Option<probes::Results> {
+        let id = self.id.as_deref()?;
+        self.probers.as_ref().filter(|p| p.container_id == id).map(Probers::results)
+    }
+
+    /// Running, and the startup probe `c` declares (if any) passed.
+    pub fn started(&self, c: &k8s::Container) -> bool {
         self.status.as_ref().is_some_and(|s| s.state == v1::ContainerState::ContainerRunning as i32)
-            && self.probers.as_ref().is_none_or(|p| p.results().started)
+            && (c.startup_probe.is_none() || self.probe_results().is_some_and(|r| r.started))
     }
 }
 
@@ -302,7 +309,7 @@ fn init_state(pod: &RunningPod, c: &k8s::Container) -> Init {
     let state = match t.and_then(|t| t.status.as_ref()) {
         None => init_containers::State::NotStarted,
         Some(s) if s.state == v1::ContainerState::ContainerExited as i32 => init_containers::State::Exited { code: s.exit_code },
-        Some(_) => init_containers::State::Running { started: t.is_some_and(Tracked::started) },
+        Some(_) => init_containers::State::Running { started: t.is_some_and(|t| t.started(c)) },
     };
     Init { sidecar: is_sidecar(c), state, started_once: t.is_some_and(|t| t.started_once) }
 }
@@ -344,7 +351,7 @@ async fn observe(cri: &Arc<Cri>, pod: &mut RunningPod, spec: &k8s::PodSpec) {
             tracked.killing = Some(termination::stop_container(cri, id.clone(), grace));
             tracked.kill_message = Some(kill.message);
         }
-        if tracked.started() {
+        if tracked.started(c) {
             tracked.started_once = true;
         }
     }

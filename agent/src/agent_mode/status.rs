@@ -44,7 +44,7 @@ pub fn pod_status(pod: &RunningPod, cri: &HashMap<String, v1::ContainerStatus>) 
                 let state = match cri.get(&c.name) {
                     None => init_containers::State::NotStarted,
                     Some(s) if s.state == v1::ContainerState::ContainerExited as i32 => init_containers::State::Exited { code: s.exit_code },
-                    Some(_) => init_containers::State::Running { started: t.is_some_and(Tracked::started) },
+                    Some(_) => init_containers::State::Running { started: t.is_some_and(|t| t.started(c)) },
                 };
                 init_containers::Init { sidecar: c.restart_policy.as_deref() == Some("Always"), state, started_once: t.is_some_and(|t| t.started_once) }
             })
@@ -109,14 +109,15 @@ fn phase(pod: &RunningPod, statuses: &[k8s::ContainerStatus], policy: &str) -> &
 fn container_status(c: &k8s::Container, tracked: Option<&Tracked>, s: Option<&v1::ContainerStatus>, init: bool, initialized: bool) -> k8s::ContainerStatus {
     let state = container_state(tracked, s, !init && !initialized);
     let running = state.running.is_some();
-    let probes = tracked.and_then(|t| t.probers.as_ref()).map(|p| p.results());
-    let started = running && probes.as_ref().is_none_or(|r| r.started);
+    // A declared probe counts as not passed until its worker for this instance says so.
+    let probes = tracked.and_then(Tracked::probe_results);
+    let started = running && (c.startup_probe.is_none() || probes.as_ref().is_some_and(|r| r.started));
     let sidecar = c.restart_policy.as_deref() == Some("Always");
     // A regular init container is "ready" once it has succeeded.
     let ready = if init && !sidecar {
         state.terminated.as_ref().is_some_and(|t| t.exit_code == 0)
     } else {
-        started && probes.as_ref().is_none_or(|r| r.ready)
+        started && (c.readiness_probe.is_none() || probes.as_ref().is_some_and(|r| r.ready))
     };
     k8s::ContainerStatus {
         name: c.name.clone(),
@@ -275,6 +276,28 @@ mod tests {
         let st = pod_status(&p, &HashMap::from([("first".into(), cri(exited, 1))]));
         assert_eq!(st.phase.as_deref(), Some("Failed"));
         assert_eq!(st.init_container_statuses.unwrap()[0].state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 1);
+    }
+
+    /// Between a container's start and the first sync after it no probe worker exists yet:
+    /// a declared readiness probe must still keep it unready.
+    #[test]
+    fn declared_probes_count_as_not_passed_until_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "probed", "image": "i", "readinessProbe": {"tcpSocket": {"port": 80}}},
+            {"name": "plain", "image": "i"}
+        ]}});
+        let source = StaticPod { file: "/m/p.yaml".into(), hash: "h".into(), pod: serde_json::from_value(manifest).unwrap() };
+        let volumes = capstan_volumes::PodVolumes::new(dir.path(), "h").unwrap();
+        let mut p = new_pod(source, &Arc::new(NodeInfo::default()), "s".into(), Default::default(), volumes, Default::default(), dir.path().join("h"), None);
+        for (name, id) in [("probed", "a"), ("plain", "b")] {
+            p.containers.get_mut(name).unwrap().id = Some(id.into());
+        }
+        let running = cri(v1::ContainerState::ContainerRunning, 0);
+        let st = pod_status(&p, &HashMap::from([("probed".into(), running.clone()), ("plain".into(), running)]));
+        let cs = st.container_statuses.unwrap();
+        assert_eq!((cs[0].name.as_str(), cs[0].ready, cs[0].started), ("probed", false, Some(true)));
+        assert_eq!((cs[1].name.as_str(), cs[1].ready), ("plain", true));
     }
 
     #[test]
