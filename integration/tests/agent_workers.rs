@@ -1,8 +1,9 @@
 //! Agent mode's pod workers against the real daemon (`[agent] enabled`, static manifests,
 //! a 1 s sync, node label `disktype=ssd` from `[node] labels`) with a CNI bridge of the
 //! test's own, so pods have IPs the daemon's host reaches:
-//! - a Deployment-style web pod: two init containers in order, each appending to a shared
-//!   emptyDir (the app sees both lines, then writes its own); busybox httpd serving a
+//! - a Deployment-style web pod: a sidecar and two init containers in order, each
+//!   appending to a shared emptyDir (the app sees the three lines, then writes its own;
+//!   the sidecar keeps running beside it); busybox httpd serving a
 //!   memory emptyDir; a hostPath; env from fieldRef and resourceFieldRef; a downwardAPI
 //!   volume; a readiness httpGet to the pod IP (Ready, then not once the file goes); a
 //!   tcpSocket readiness probe on a port that opens 4 s late; the Burstable QoS parent in
@@ -75,6 +76,11 @@ spec:
   nodeSelector: {{disktype: ssd}}
   serviceAccountName: web-sa
   initContainers:
+  - name: sidecar
+    image: {image}
+    restartPolicy: Always
+    command: ["sh", "-c", "echo sidecar >> /work/order; while true; do sleep 1; done"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
   - name: init-a
     image: {image}
     command: ["sh", "-c", "echo a >> /work/order; sleep 1"]
@@ -398,6 +404,8 @@ async fn pod_workers_run_init_containers_probes_and_grace_periods() {
         assert_eq!(init["state"]["terminated"]["reason"], "Completed");
         assert_eq!(init["ready"], true);
     }
+    let sidecar = container(&status, "initContainerStatuses", "sidecar");
+    assert!(sidecar["state"]["running"].is_object() && sidecar["ready"] == true && sidecar["started"] == true, "{status:#}");
     // init-b finished before the app container started.
     let init_b_done = clock(&container(&status, "initContainerStatuses", "init-b")["state"]["terminated"]["finishedAt"]);
     let server_started = clock(&container(&status, "containerStatuses", "server")["state"]["running"]["startedAt"]);
@@ -406,7 +414,7 @@ async fn pod_workers_run_init_containers_probes_and_grace_periods() {
     let cs = t.containers(&web.id).await;
     let server_id = cs["server"].id.clone();
     let (code, order) = t.exec(&server_id, &["cat", "/work/order"]).await;
-    assert_eq!((code, order.as_str()), (0, "a\nb\napp\n"), "init containers ran in order, before the app");
+    assert_eq!((code, order.as_str()), (0, "sidecar\na\nb\napp\n"), "init containers ran in order, before the app");
     // Env from the downward API, resolved with the pod's IP and the node's name.
     let (_, env) = t.exec(&server_id, &["sh", "-c", "echo $POD_NAME $POD_NAMESPACE $POD_UID $POD_IP $NODE_NAME $SA $APP $MEM_LIMIT_MI $CPU_REQUEST_M $URL"]).await;
     assert_eq!(env.trim(), format!("web-{NODE} shop {uid} {pod_ip} {NODE} web-sa web 64 100 http://{pod_ip}:8080/"));

@@ -275,15 +275,15 @@ pub async fn sync(cri: &Arc<Cri>, pod: &mut RunningPod) {
     // Sidecars that have started are kept running whatever the pod's policy.
     for c in inits.iter().filter(|c| is_sidecar(c)) {
         if pod.containers.get(&c.name).is_some_and(|t| t.started_once) {
-            ensure_running(cri, pod, c, |_| true).await;
+            ensure_running(cri, pod, c, Role::Sidecar, &policy).await;
         }
     }
     if !pod.initialized {
         let states: Vec<Init> = inits.iter().map(|c| init_state(pod, c)).collect();
         match init_containers::next(&states, &policy) {
             Step::Run(i) => {
-                let never = policy == "Never";
-                ensure_running(cri, pod, &inits[i], |code| code != 0 && !never).await;
+                let role = if is_sidecar(&inits[i]) { Role::Sidecar } else { Role::Init };
+                ensure_running(cri, pod, &inits[i], role, &policy).await;
                 return;
             }
             Step::Wait => return,
@@ -299,8 +299,26 @@ pub async fn sync(cri: &Arc<Cri>, pod: &mut RunningPod) {
         }
     }
     for c in &spec.containers {
-        let policy = policy.as_str();
-        ensure_running(cri, pod, c, |code| policy == "Always" || (policy == "OnFailure" && code != 0)).await;
+        ensure_running(cri, pod, c, Role::App, &policy).await;
+    }
+}
+
+/// What a container is to its pod, which decides whether an exit is followed by a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    App,
+    Init,
+    /// An init container with `restartPolicy: Always`.
+    Sidecar,
+}
+
+/// App containers follow the pod's restartPolicy; an init container runs again only after
+/// a failure and never under Never (the pod fails instead); a sidecar always runs again.
+fn restarts(role: Role, policy: &str, exit_code: i32) -> bool {
+    match role {
+        Role::App => policy == "Always" || (policy == "OnFailure" && exit_code != 0),
+        Role::Init => exit_code != 0 && policy != "Never",
+        Role::Sidecar => true,
     }
 }
 
@@ -357,9 +375,9 @@ async fn observe(cri: &Arc<Cri>, pod: &mut RunningPod, spec: &k8s::PodSpec) {
     }
 }
 
-/// Keeps one container running: an exited one is restarted when `restart(exit code)`
-/// says so (after its back-off), else marked done; one without an instance is started.
-async fn ensure_running(cri: &Arc<Cri>, pod: &mut RunningPod, container: &k8s::Container, restart: impl Fn(i32) -> bool) {
+/// Keeps one container running: an exited one is restarted when [`restarts`] says so
+/// (after its back-off), else marked done; one without an instance is started.
+async fn ensure_running(cri: &Arc<Cri>, pod: &mut RunningPod, container: &k8s::Container, role: Role, policy: &str) {
     let Some(tracked) = pod.containers.get_mut(&container.name) else { return };
     if tracked.done {
         return;
@@ -372,7 +390,7 @@ async fn ensure_running(cri: &Arc<Cri>, pod: &mut RunningPod, container: &k8s::C
             }
             return;
         }
-        if !restart(status.exit_code) {
+        if !restarts(role, policy, status.exit_code) {
             tracing::info!(container = %container.name, exit_code = status.exit_code, "container finished; not restarted");
             tracked.done = true;
             return;
@@ -827,6 +845,28 @@ mod tests {
         // Tiny limits keep the kernel's minimum quota.
         let c = container(serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "1m"}}}));
         assert_eq!(resources(&c).unwrap().cpu_quota, 1000);
+    }
+
+    #[test]
+    fn restart_rules_follow_the_role_and_policy() {
+        assert!(restarts(Role::App, "Always", 0) && restarts(Role::App, "OnFailure", 1));
+        assert!(!restarts(Role::App, "OnFailure", 0) && !restarts(Role::App, "Never", 1));
+        assert!(restarts(Role::Init, "Always", 1) && restarts(Role::Init, "OnFailure", 1));
+        assert!(!restarts(Role::Init, "Always", 0) && !restarts(Role::Init, "Never", 1));
+        assert!(restarts(Role::Sidecar, "Never", 0));
+    }
+
+    /// Kubelet's crash back-off: the first restart at once (no wait recorded yet), then
+    /// 10 s doubling, capped at 5 min.
+    #[test]
+    fn back_off_doubles_to_five_minutes() {
+        let mut backoff: Option<Duration> = None;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            waits.push(backoff.unwrap_or_default().as_secs());
+            backoff = Some(grow(backoff));
+        }
+        assert_eq!(waits, [0, 10, 20, 40, 80, 160, 300]);
     }
 
     #[test]

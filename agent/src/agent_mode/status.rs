@@ -51,7 +51,10 @@ pub fn pod_status(pod: &RunningPod, cri: &HashMap<String, v1::ContainerStatus>) 
             .collect();
         init_containers::incomplete(&states).into_iter().map(|i| inits[i].name.as_str()).collect()
     };
-    let unready: Vec<&str> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    // Sidecars count for readiness like app containers; regular init containers do not.
+    let sidecar = |name: &str| inits.iter().any(|c| c.name == name && c.restart_policy.as_deref() == Some("Always"));
+    let unready: Vec<&str> =
+        init_statuses.iter().filter(|s| sidecar(&s.name)).chain(&statuses).filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
     let condition = |type_: &str, ok: bool, reason: &str, what: &str, names: &[&str]| k8s::PodCondition {
         type_: type_.into(),
         status: if ok { "True" } else { "False" }.into(),
