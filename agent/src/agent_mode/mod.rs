@@ -2,7 +2,10 @@
 //!
 //! This slice serves static pods: [`manifests`] reads the manifest directory, [`pod_sync`]
 //! turns each pod into CRI calls on our own runtime, [`volumes`] sets its volumes up,
-//! [`status`] reports phase and restart counts. Node registration, the Lease and the API
+//! [`status`] reports phase and restart counts. The pod workers around [`pod_sync`]:
+//! [`admission`] (nodeSelector, node affinity), [`init_containers`], [`probes`] run by
+//! [`prober`] tasks, [`termination`] (grace periods), [`qos`] cgroup parents, the
+//! [`downward`] API for [`env`](mod@env) and volumes. Node registration, the Lease and the API
 //! server as a pod source are not here yet.
 
 mod admission;
