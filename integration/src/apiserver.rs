@@ -158,8 +158,10 @@ impl ApiServer {
     /// period, a MODIFIED event; the node agent finishes the deletion.
     pub fn mark_deleting(&self, namespace: &str, name: &str) -> Value {
         self.update(&format!("/api/v1/namespaces/{namespace}/pods/{name}"), |pod| {
+            // The API server's default for a graceful delete: the pod's own grace period.
+            let grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
             pod["metadata"]["deletionTimestamp"] = json!(now());
-            pod["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+            pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         })
     }
 

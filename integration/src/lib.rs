@@ -2,6 +2,7 @@
 //! (Debian's `docker-registry`) on 127.0.0.1, and test images built from Debian's
 //! `busybox-static` at test time. Nothing is mocked; everything started is stopped on drop.
 
+pub mod agent;
 pub mod apiserver;
 pub mod daemon;
 pub mod image;

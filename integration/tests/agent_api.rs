@@ -14,22 +14,25 @@
 //! network is ready; the Lease created and renewed (holder, 40 s, owned by the Node's uid,
 //! renewTime increasing); pods from a list+watch with spec.nodeName running with kubelet's
 //! labels and the API uid; env from a ConfigMap key (optional missing key left out) and
-//! envFrom a Secret; configMap items and a secret volume (tmpfs, defaultMode 0400); status
-//! patches (strategic merge, uid precondition) with phase, podIP, conditions, restart
-//! counts and lastState, sent only on change; a Never pod reaching Succeeded; a 410 Gone
-//! watch making the agent list again; deletion through deletionTimestamp (pod stopped, its
-//! mounts gone, then DELETE with gracePeriodSeconds=0) and through a DELETED event; and a
+//! envFrom a Secret; configMap items (kubelet's `..data` layout) and a secret volume (tmpfs,
+//! defaultMode 0400); status patches (strategic merge, uid precondition) with phase, podIP,
+//! conditions (Ready only once the pod workers' readiness probe passes), restart counts and
+//! lastState, sent only on change; a Never pod reaching Succeeded; a 410 Gone watch making
+//! the agent list again; deletion through deletionTimestamp (pod stopped within its
+//! deletionGracePeriodSeconds, its mounts gone, then DELETE with gracePeriodSeconds=0) and
+//! through a DELETED event; and a
 //! daemon restart finding its Node already there (409): labels reconciled by a patch, the
 //! running pod adopted rather than restarted.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use capstan_integration::apiserver::{ApiServer, Recorded, summary, wait_for};
+use capstan_integration::agent::{self, Unmount, mounts_below};
 use capstan_integration::daemon::{Daemon, DaemonOptions};
 use capstan_integration::image::ImageBuilder;
-use capstan_integration::pods::{BridgeNet, Cleanup, Rt};
+use capstan_integration::pods::{BridgeNet, Cleanup, Rt, mountinfo_at};
 use capstan_integration::registry::Registry;
 use cri_proto::v1;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -46,30 +49,8 @@ fn pods_path(name: &str) -> String {
     format!("/api/v1/namespaces/{NS}/pods/{name}")
 }
 
-/// Unmounts whatever is left under the daemon's agent directory (after a failed assertion).
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for m in mounts_below(&self.0) {
-            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let prefix = dir.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(prefix))
-        .map(String::from)
-        .collect()
-}
-
 fn mount_line(path: &Path) -> Option<String> {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().find(|l| l.split(' ').nth(4) == path.to_str()).map(String::from)
+    mountinfo_at(path).into_iter().next()
 }
 
 struct Test {
@@ -109,31 +90,11 @@ impl Test {
     }
 
     async fn sandboxes(&mut self, pod_name: &str) -> Vec<v1::PodSandbox> {
-        let filter = v1::PodSandboxFilter {
-            label_selector: [("io.kubernetes.pod.name".to_string(), pod_name.to_string())].into(),
-            ..Default::default()
-        };
-        let items = self.rt.list_pod_sandbox(v1::ListPodSandboxRequest { filter: Some(filter) }).await.unwrap().into_inner().items;
-        for s in &items {
-            if !self.cleanup.pods.contains(&s.id) {
-                self.cleanup.pods.push(s.id.clone());
-            }
-        }
-        items
+        agent::sandboxes(&mut self.rt, &mut self.cleanup, pod_name).await
     }
 
     async fn wait_sandbox(&mut self, pod_name: &str) -> v1::PodSandbox {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let ready: Vec<_> =
-                self.sandboxes(pod_name).await.into_iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32).collect();
-            if let [one] = ready.as_slice() {
-                return one.clone();
-            }
-            assert!(ready.len() <= 1, "{} sandboxes for {pod_name}", ready.len());
-            assert!(Instant::now() < deadline, "no sandbox for {pod_name}; log:\n{}", self.daemon.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        agent::wait_sandbox(&mut self.rt, &mut self.cleanup, &self.daemon, pod_name, None).await
     }
 
     async fn wait_no_sandbox(&mut self, pod_name: &str) {
@@ -168,7 +129,8 @@ impl Test {
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
-            "spec": {"nodeName": NODE, "restartPolicy": restart, "containers": [
+            // `sleep` as PID 1 ignores SIGTERM: a short grace period keeps removals quick.
+            "spec": {"nodeName": NODE, "restartPolicy": restart, "terminationGracePeriodSeconds": 2, "containers": [
                 {"name": "main", "image": self.image, "command": ["sh", "-c", script]}
             ]},
             "status": {"phase": "Pending"}
@@ -327,6 +289,8 @@ async fn agent_registers_renews_and_runs_api_pods() {
         {"name": "LITERAL", "value": "plain"}
     ]);
     web["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "app-secret"}, "prefix": "SECRET_"}]);
+    // The pod workers serve API pods too: ready only once its readiness probe passes.
+    web["spec"]["containers"][0]["readinessProbe"] = json!({"exec": {"command": ["cat", "/out/ready"]}, "periodSeconds": 1});
     web["spec"]["containers"][0]["volumeMounts"] =
         json!([{"name": "config", "mountPath": "/etc/app"}, {"name": "creds", "mountPath": "/etc/creds"}, {"name": "out", "mountPath": "/out"}]);
     web["spec"]["volumes"] = json!([
@@ -362,11 +326,28 @@ async fn agent_registers_renews_and_runs_api_pods() {
     assert_eq!(env, "hello-from-configmap/s3cret/unset/plain\n");
     assert_eq!(t.exec(&main, "cat /out/greeting").await, "hello-from-configmap\n", "the container's own view of the env");
     assert_eq!(t.exec(&main, "cat /etc/app/conf/app.properties").await, "mode=api\n");
-    assert_eq!(t.exec(&main, "cat /etc/creds/password; stat -c ' %a' /etc/creds/password").await, "s3cret 400\n");
+    // Through the `..data` link (the name itself is a symlink).
+    assert_eq!(t.exec(&main, "cat /etc/creds/password; stat -L -c ' %a' /etc/creds/password").await, "s3cret 400\n");
     let pods_dir = std::fs::canonicalize(t.daemon.root().join("agent/pods")).unwrap();
     let creds = pods_dir.join(&web_uid).join("volumes/kubernetes.io~empty-dir/creds");
     let line = mount_line(&creds).unwrap_or_else(|| panic!("secret volume {} is not a mount", creds.display()));
     assert!(line.contains(" - tmpfs "), "secret not on tmpfs: {line}");
+    // kubelet's atomic layout: each top-level name a link through `..data` to a version dir.
+    let layout = t.exec(&main, "readlink /etc/app/conf; readlink /etc/app/..data; cat /etc/app/..data/conf/app.properties").await;
+    let lines: Vec<&str> = layout.lines().collect();
+    assert!(lines.len() == 3 && lines[0] == "..data/conf" && lines[1].starts_with("..") && lines[2] == "mode=api", "{layout}");
+
+    // Running but not Ready while the readiness probe fails; the condition names the container.
+    let unready = wait_for(&t.api, "web Running, not Ready", Duration::from_secs(30), |r| {
+        status_patches(r, "web").into_iter().find(|p| {
+            let s = patched_status(p);
+            s.phase.as_deref() == Some("Running") && s.container_statuses.iter().flatten().any(|c| c.started == Some(true) && !c.ready)
+        }).cloned()
+    })
+    .await;
+    let ready = patched_status(&unready).conditions.into_iter().flatten().find(|c| c.type_ == "Ready").expect("Ready condition");
+    assert_eq!((ready.status.as_str(), ready.message.as_deref()), ("False", Some("containers with unready status: [main]")));
+    t.exec(&main, "touch /out/ready").await;
 
     // The status patch: strategic merge, uid precondition, phase, addresses, conditions.
     let patch = wait_for(&t.api, "web Running with podIP", Duration::from_secs(30), |r| {
@@ -409,7 +390,8 @@ async fn agent_registers_renews_and_runs_api_pods() {
     })
     .await;
 
-    // Always, exit 3: restarted after the 10 s back-off, counted, lastState kept.
+    // Always, exit 3: restarted (the first time at once, then after back-off), counted,
+    // lastState kept.
     let crash_patch = wait_for(&t.api, "crash restarted with lastState", Duration::from_secs(60), |r| {
         status_patches(r, "crash").into_iter().find(|p| patched_status(p).container_statuses.iter().flatten().any(|c| c.restart_count >= 1)).cloned()
     })

@@ -5,46 +5,21 @@
 //! restarted) and Always (restarted after back-off, counted); a sandbox stopped from outside
 //! is made again; a daemon restart adopts the pods; an edited file replaces the pod, a
 //! removed one removes it and every mount it had; a broken file is logged by name and
-//! skipped.
+//! skipped. No CNI here: the server's readiness httpGet probe reaches its 127.0.0.1 port
+//! through the pod's network namespace.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use capstan_integration::agent::{self, Unmount, mounts_below};
 use capstan_integration::daemon::{Daemon, DaemonOptions};
 use capstan_integration::image::ImageBuilder;
-use capstan_integration::pods::{Cleanup, Rt};
+use capstan_integration::pods::{Cleanup, Rt, mountinfo_at};
 use capstan_integration::registry::Registry;
 use cri_proto::v1;
 
 const NODE: &str = "testnode";
-
-/// Unmounts whatever is left under the daemon's agent directory (after a failed
-/// assertion), before the daemon's directories are removed.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for m in mounts_below(&self.0) {
-            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let prefix = dir.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(prefix))
-        .map(String::from)
-        .collect()
-}
-
-fn mount_line(path: &str) -> Option<String> {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().find(|l| l.split(' ').nth(4) == Some(path)).map(String::from)
-}
 
 fn web_manifest(image: &str, host_dir: &Path, extra_label: &str) -> String {
     format!(
@@ -57,11 +32,16 @@ metadata:
     generation: "{extra_label}"
 spec:
   restartPolicy: OnFailure
+  # httpd as PID 1 ignores SIGTERM: keep replacing and removing the pod quick.
+  terminationGracePeriodSeconds: 2
   containers:
   - name: server
     image: {image}
     command: ["sh", "-c"]
     args: ["echo hello-from-server > /shared/server.txt; exec httpd -f -p 127.0.0.1:8080 -h /shared"]
+    readinessProbe:
+      httpGet: {{path: /server.txt, port: 8080}}
+      periodSeconds: 1
     env:
     - name: GREETING
       value: hi
@@ -102,17 +82,7 @@ struct Test {
 
 impl Test {
     async fn sandboxes(&mut self, pod_name: &str) -> Vec<v1::PodSandbox> {
-        let filter = v1::PodSandboxFilter {
-            label_selector: [("io.kubernetes.pod.name".to_string(), pod_name.to_string())].into(),
-            ..Default::default()
-        };
-        let items = self.rt.list_pod_sandbox(v1::ListPodSandboxRequest { filter: Some(filter) }).await.unwrap().into_inner().items;
-        for s in &items {
-            if !self.cleanup.pods.contains(&s.id) {
-                self.cleanup.pods.push(s.id.clone());
-            }
-        }
-        items
+        agent::sandboxes(&mut self.rt, &mut self.cleanup, pod_name).await
     }
 
     async fn containers(&mut self, sandbox: &str) -> Vec<v1::Container> {
@@ -122,21 +92,7 @@ impl Test {
 
     /// Waits for the one ready sandbox of `pod_name` (other than `not`).
     async fn wait_sandbox(&mut self, pod_name: &str, not: Option<&str>) -> v1::PodSandbox {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let ready: Vec<_> = self
-                .sandboxes(pod_name)
-                .await
-                .into_iter()
-                .filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32 && Some(s.id.as_str()) != not)
-                .collect();
-            if let [one] = ready.as_slice() {
-                return one.clone();
-            }
-            assert!(ready.len() <= 1, "{} sandboxes for {pod_name}", ready.len());
-            assert!(Instant::now() < deadline, "no sandbox for {pod_name}; log:\n{}", self.daemon.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        agent::wait_sandbox(&mut self.rt, &mut self.cleanup, &self.daemon, pod_name, not).await
     }
 
     /// Waits until `check` holds for the sandbox's containers, by name.
@@ -235,11 +191,12 @@ async fn static_pods_follow_their_manifest_files() {
     assert_eq!(once.len(), 1, "OnFailure restarted a clean exit: {cs:#?}");
     assert_eq!((once[0].id.as_str(), once[0].metadata.as_ref().unwrap().attempt), (once_id.as_str(), 0));
 
-    // resources → kubelet's conversion, in the container's cgroup: requests.cpu 100m → shares
-    // 102, limits.cpu 500m → quota 50000/100000, limits.memory 64Mi.
+    // resources → kubelet's conversion, in the container's cgroup (under the Burstable QoS
+    // parent, kubelet's layout): requests.cpu 100m → shares 102, limits.cpu 500m → quota
+    // 50000/100000, limits.memory 64Mi.
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let cgroup = |controller: &str, file: &str| {
-        let rel = format!("capstan/{}/{server_id}/{file}", web.id);
+        let rel = format!("kubepods/burstable/pod{}/{server_id}/{file}", meta.uid);
         let path = if v2 { Path::new("/sys/fs/cgroup").join(rel) } else { Path::new("/sys/fs/cgroup").join(controller).join(rel) };
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
     };
@@ -262,7 +219,7 @@ async fn static_pods_follow_their_manifest_files() {
     assert_eq!(env, "hi\n");
     let pods_dir = t.daemon.root().join("agent/pods");
     let volume = std::fs::canonicalize(&pods_dir).unwrap().join(&meta.uid).join("volumes/kubernetes.io~empty-dir/shared");
-    let line = mount_line(volume.to_str().unwrap()).unwrap_or_else(|| panic!("{} is not a mount", volume.display()));
+    let line = mountinfo_at(&volume).into_iter().next().unwrap_or_else(|| panic!("{} is not a mount", volume.display()));
     assert!(line.contains(" - tmpfs ") && line.contains("size=16384k"), "{line}");
     assert_eq!(std::fs::read_to_string(volume.join("server.txt")).unwrap(), "hello-from-server\n");
     // hostPath DirectoryOrCreate made the directory; the container wrote through it.
@@ -272,6 +229,17 @@ async fn static_pods_follow_their_manifest_files() {
     let status: serde_json::Value = serde_json::from_slice(&std::fs::read(pods_dir.join(&meta.uid).join("status.json")).unwrap()).unwrap();
     assert_eq!(status["phase"], "Running", "{status:#}");
     assert_eq!(status["qosClass"], "Burstable", "{status:#}");
+    // Ready through the readiness probe (the pod has no IP: it went through its netns).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(pods_dir.join(&meta.uid).join("status.json")).unwrap()).unwrap();
+        let server = s["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "server").cloned().unwrap();
+        if server["ready"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server never ready: {s:#}\nlog:\n{}", t.daemon.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Always: a clean exit is restarted after back-off and counted.
     let crash_sb = t.wait_sandbox("crash-testnode", None).await;
@@ -321,7 +289,7 @@ async fn static_pods_follow_their_manifest_files() {
         assert!(Instant::now() < deadline, "old sandbox still listed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(mount_line(volume.to_str().unwrap()).is_none(), "old emptyDir still mounted");
+    assert!(mountinfo_at(&volume).is_empty(), "old emptyDir still mounted");
     assert!(!pods_dir.join(&meta.uid).exists(), "old pod directory left");
     t.wait_containers(&web2.id, "new pod's server running", |c| running(c.get("server"))).await;
 

@@ -4,10 +4,11 @@
 //! pure lookups over what was fetched, with kubelet's rules for `optional`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path};
 
 use cri_proto::v1;
 use k8s_openapi::api::core::v1 as k8s;
+
+use super::projected::{self, File};
 
 /// The objects an API pod references, by name in its namespace; `None`: not found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -141,22 +142,11 @@ fn is_env_name(s: &str) -> bool {
     !s.is_empty() && !s.starts_with(|c: char| c.is_ascii_digit()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
-/// One file of a configMap or secret volume.
-#[derive(Debug, PartialEq)]
-pub struct VolumeFile {
-    /// Relative to the volume's directory.
-    pub path: String,
-    pub data: Vec<u8>,
-    pub mode: u32,
-}
-
-/// kubelet's `defaultMode` for configMap and secret volumes.
-const DEFAULT_MODE: i32 = 0o644;
-
-/// The files of a `configMap` or `secret` volume (`None` for any other kind): every key,
-/// or only `items` with their paths and modes. A missing object gives an empty volume when
-/// `optional`, an error otherwise; so does an item naming a missing key.
-pub fn volume_files(v: &k8s::Volume, data: &ConfigData) -> Option<Result<Vec<VolumeFile>, String>> {
+/// The files of a `configMap` or `secret` volume (`None` for any other kind), for
+/// [`super::projected::write`] (which also checks that item paths stay inside the volume):
+/// every key, or only `items` with their paths and modes. A missing object gives an empty
+/// volume when `optional`, an error otherwise; so does an item naming a missing key.
+pub fn volume_files(v: &k8s::Volume, data: &ConfigData) -> Option<Result<Vec<File>, String>> {
     let source = if let Some(c) = &v.config_map {
         Source { kind: "configmap", name: c.name.clone(), items: &c.items, default_mode: c.default_mode, optional: c.optional, values: config_map_data(data, &c.name) }
     } else if let Some(s) = &v.secret {
@@ -180,24 +170,20 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn files(self, volume: &str) -> Result<Vec<VolumeFile>, String> {
+    fn files(self, volume: &str) -> Result<Vec<File>, String> {
         let (kind, name) = (self.kind, &self.name);
         let optional = self.optional.unwrap_or(false);
-        let mode = |m: Option<i32>| u32::try_from(m.or(self.default_mode).unwrap_or(DEFAULT_MODE) & 0o777).unwrap_or(0o644);
+        let mode = |m: Option<i32>| m.or(self.default_mode).and_then(|m| u32::try_from(m).ok()).unwrap_or(projected::DEFAULT_MODE);
         let Some(values) = self.values else {
             return if optional { Ok(Vec::new()) } else { Err(format!("volume {volume:?}: {kind} {name:?} not found")) };
         };
         let Some(items) = self.items else {
-            return Ok(values.into_iter().map(|(k, bytes)| VolumeFile { path: k, data: bytes, mode: mode(None) }).collect());
+            return Ok(values.into_iter().map(|(k, bytes)| File { path: k, data: bytes, mode: mode(None) }).collect());
         };
         let mut files = Vec::new();
         for item in items {
-            let path = Path::new(&item.path);
-            if item.path.is_empty() || path.components().any(|c| !matches!(c, Component::Normal(_))) {
-                return Err(format!("volume {volume:?}: item path {:?} must be relative and stay inside the volume", item.path));
-            }
             match values.get(&item.key) {
-                Some(bytes) => files.push(VolumeFile { path: item.path.clone(), data: bytes.clone(), mode: mode(item.mode) }),
+                Some(bytes) => files.push(File { path: item.path.clone(), data: bytes.clone(), mode: mode(item.mode) }),
                 None if optional => {}
                 None => return Err(format!("volume {volume:?}: key {:?} not found in {kind} {name:?}", item.key)),
             }
@@ -270,14 +256,11 @@ mod tests {
         .unwrap();
         let files = volume_files(&v, &data()).unwrap().unwrap();
         assert_eq!(files, [
-            VolumeFile { path: "conf/app.properties".into(), data: b"a=1\n".to_vec(), mode: 0o440 },
-            VolumeFile { path: "g".into(), data: b"hello".to_vec(), mode: 0o600 },
+            File { path: "conf/app.properties".into(), data: b"a=1\n".to_vec(), mode: 0o440 },
+            File { path: "g".into(), data: b"hello".to_vec(), mode: 0o600 },
         ]);
         let all: k8s::Volume = serde_json::from_value(serde_json::json!({"name": "s", "secret": {"secretName": "sec"}})).unwrap();
-        assert_eq!(volume_files(&all, &data()).unwrap().unwrap(), [VolumeFile { path: "password".into(), data: b"s3cret".to_vec(), mode: 0o644 }]);
-        let escape: k8s::Volume =
-            serde_json::from_value(serde_json::json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "GREETING", "path": "../x"}]}})).unwrap();
-        assert!(volume_files(&escape, &data()).unwrap().is_err());
+        assert_eq!(volume_files(&all, &data()).unwrap().unwrap(), [File { path: "password".into(), data: b"s3cret".to_vec(), mode: 0o644 }]);
         let optional: k8s::Volume = serde_json::from_value(serde_json::json!({"name": "v", "secret": {"secretName": "none", "optional": true}})).unwrap();
         assert_eq!(volume_files(&optional, &data()).unwrap().unwrap(), []);
         let required: k8s::Volume = serde_json::from_value(serde_json::json!({"name": "v", "configMap": {"name": "gone"}})).unwrap();

@@ -132,8 +132,10 @@ fn validate(pod: &Pod) -> Result<(), String> {
     if spec.containers.is_empty() {
         return Err("spec.containers must not be empty".into());
     }
+    // Init containers share the app containers' name space (their statuses are by name).
+    let all = || spec.containers.iter().chain(spec.init_containers.iter().flatten());
     let mut names = std::collections::HashSet::new();
-    for c in &spec.containers {
+    for c in all() {
         if !is_dns_label(&c.name) {
             return Err(format!("container name {:?} is not a DNS label", c.name));
         }
@@ -152,7 +154,7 @@ fn validate(pod: &Pod) -> Result<(), String> {
     refuse_api_objects(spec)?;
     let volumes: std::collections::HashSet<&str> =
         spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
-    for c in &spec.containers {
+    for c in all() {
         for m in c.volume_mounts.iter().flatten() {
             if !volumes.contains(m.name.as_str()) {
                 return Err(format!("container {:?} mounts unknown volume {:?}", c.name, m.name));

@@ -4,19 +4,32 @@
 //! ([`manifests`], static pods) and, with `[agent] kubeconfig`, the API server ([`api`]: the
 //! pods bound to this node; the same module registers the Node, renews its Lease and sends
 //! pod status back). The sync loop here runs them alike: [`pod_sync`] turns each into CRI
-//! calls on our own runtime, [`volumes`] and [`config_volumes`] set its volumes up,
-//! [`config_data`] resolves its ConfigMap and Secret references, [`status`] builds its
-//! status (written beside the pod, and patched to the API server for API pods).
+//! calls on our own runtime, [`volumes`] sets its volumes up (configMap, secret and
+//! downwardAPI files through [`projected`]), [`config_data`] resolves its ConfigMap and
+//! Secret references, [`status`] builds its status (written beside the pod, and patched
+//! to the API server for API pods). The pod workers around [`pod_sync`]: [`admission`]
+//! (nodeSelector, node affinity), [`init_containers`], [`probes`] run by [`prober`] tasks,
+//! [`termination`] (grace periods), [`qos`] cgroup parents, the [`downward`] API for
+//! [`env`](mod@env) and volumes.
 
+mod admission;
 mod api;
 mod config_data;
-mod config_volumes;
 mod desired;
+mod downward;
+mod env;
+mod init_containers;
 mod manifests;
 mod node;
+mod node_info;
 mod pod_sync;
+mod probes;
+mod prober;
+mod projected;
+mod qos;
 mod quantity;
 mod status;
+mod termination;
 mod volumes;
 
 use std::collections::{BTreeMap, HashSet};
@@ -75,26 +88,34 @@ pub fn spawn(
     let pods_dir = config.root.join("agent").join("pods");
     let manifests = ManifestDir::new(config.agent.manifest_dir.clone(), node_name.clone());
     tracing::info!(manifest_dir = %config.agent.manifest_dir.display(), node = %node_name, period_secs = period.as_secs(), "agent mode: serving static pods");
-    if config.agent.kubeconfig.is_none() {
-        match node::gather(config, &node_name, runtime_ready) {
-            Ok(facts) => match serde_json::to_string(&node::node_object(&facts)) {
-                Ok(json) => tracing::info!(node = %json, "agent mode: this node's Node object (no agent.kubeconfig: not registered)"),
-                Err(e) => tracing::warn!(error = %e, "cannot encode the Node object"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot gather the node's facts"),
+    let mut node_info = node_info::NodeInfo::minimal(&node_name);
+    match node::gather(config, &node_name, runtime_ready) {
+        Ok(facts) => {
+            let node = node::node_object(&facts);
+            node_info = node_info::NodeInfo::from_node(&node);
+            if config.agent.kubeconfig.is_none() {
+                match serde_json::to_string(&node) {
+                    Ok(json) => tracing::info!(node = %json, "agent mode: this node's Node object (no agent.kubeconfig: not registered)"),
+                    Err(e) => tracing::warn!(error = %e, "cannot encode the Node object"),
+                }
+            }
         }
+        Err(e) => tracing::warn!(error = %e, "cannot gather the node's facts"),
     }
+    let node = Arc::new(node_info);
     let config = config.clone();
     Some(tokio::spawn(async move {
         let changed = Arc::new(tokio::sync::Notify::new());
         let api = api::start(&config, &node_name, cri.clone(), changed.clone(), stop.clone()).await;
-        let agent = Agent { cri, pods_dir, manifests, pods: BTreeMap::new(), api, changed, deleted: HashSet::new() };
+        let agent = Agent { cri, node, pods_dir, manifests, pods: BTreeMap::new(), api, changed, deleted: HashSet::new() };
         agent.run(period, stop).await
     }))
 }
 
 struct Agent {
     cri: Arc<Cri>,
+    /// What pods see of this node (admission, downward API, hostIP).
+    node: Arc<node_info::NodeInfo>,
     pods_dir: PathBuf,
     manifests: ManifestDir,
     /// The pods we run, by manifest file or API uid.
@@ -155,7 +176,7 @@ impl Agent {
                     }
                 };
                 let key = source.key();
-                match pod_sync::adopt(&self.cri, self.pods_dir.clone(), source, sandbox.id.clone()).await {
+                match pod_sync::adopt(&self.cri, &self.node, self.pods_dir.clone(), source, sandbox.id.clone()).await {
                     Ok(pod) => {
                         self.pods.insert(key, pod);
                         continue;
@@ -173,6 +194,7 @@ impl Agent {
                     if pv.teardown_all(true).is_ok() {
                         let _ = std::fs::remove_dir_all(dir);
                     }
+                    qos::tidy();
                 })
                 .await;
             }
@@ -226,6 +248,12 @@ impl Agent {
 
     async fn sync_once(&mut self) {
         let (desired, terminating) = self.desired().await;
+        // A terminating API pod stops within the grace period its deletion set.
+        for d in &terminating {
+            if let Some(pod) = self.pods.get_mut(&d.key()).filter(|p| p.source.uid == d.uid) {
+                pod.source.pod.metadata.deletion_grace_period_seconds = d.pod.metadata.deletion_grace_period_seconds;
+            }
+        }
         // Gone or changed sources: the old pod goes first (a changed file is a new pod; a
         // terminating API pod is no longer desired).
         let mut stale: Vec<PodKey> =
@@ -243,14 +271,16 @@ impl Agent {
             }
         }
         for key in stale {
-            if let Some(pod) = self.pods.get(&key) {
+            if let Some(pod) = self.pods.get_mut(&key) {
+                // A pod given a grace period stays (terminating) until its containers stop.
                 match pod_sync::remove(&self.cri, pod).await {
-                    Ok(()) => {
+                    Ok(true) => {
                         if let (Some(api), PodKey::Api(uid)) = (self.api.as_mut(), &key) {
                             api.statuses.forget(uid);
                         }
                         self.pods.remove(&key);
                     }
+                    Ok(false) => {}
                     Err(e) => tracing::error!(pod = %key, error = %e, "cannot remove pod; retrying next sync"),
                 }
             }
@@ -267,7 +297,7 @@ impl Agent {
                     continue;
                 }
             };
-            match pod_sync::start(&self.cri, self.pods_dir.clone(), source).await {
+            match pod_sync::start(&self.cri, &self.node, self.pods_dir.clone(), source).await {
                 Ok(pod) => {
                     self.pods.insert(key, pod);
                 }
@@ -280,7 +310,7 @@ impl Agent {
             let status = status::pod_status(pod, &statuses);
             write_status(pod, &status);
             if let (Some(api), false) = (self.api.as_mut(), pod.source.is_static()) {
-                api.statuses.report(&self.cri, pod, status).await;
+                api.statuses.report(pod, &status).await;
             }
         }
     }

@@ -1,7 +1,8 @@
-//! Pod status from the runtime: phase, conditions and container statuses with restart
-//! counts, as a v1 `PodStatus`. It is written next to the pod
-//! (`<root>/agent/pods/<uid>/status.json`) for operators and tests; API pods' is also sent
-//! to the API server ([`super::api::pod_status`]).
+//! Pod status from the runtime: phase, conditions, init and app container statuses with
+//! restart counts, last states, readiness from the probes, and the pod's and node's IPs,
+//! as a v1 `PodStatus`. It is written next to the pod (`<root>/agent/pods/<uid>/status.json`)
+//! for operators and tests; API pods' is also sent to the API server
+//! ([`super::api::pod_status`]).
 
 use std::collections::HashMap;
 
@@ -9,67 +10,133 @@ use cri_proto::v1;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::init_containers;
 use super::pod_sync::{RunningPod, Tracked};
+use super::qos;
 
-/// Builds the pod's status from what the restart loop tracks and the CRI statuses.
+/// Builds the pod's status from what the sync loop tracks and the CRI statuses.
 pub fn pod_status(pod: &RunningPod, cri: &HashMap<String, v1::ContainerStatus>) -> k8s::PodStatus {
     let spec = pod.source.pod.spec.clone().unwrap_or_default();
+    let mut status = k8s::PodStatus {
+        start_time: pod.started_at.duration_since(std::time::UNIX_EPOCH).ok().and_then(|d| time(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))),
+        qos_class: Some(qos::class(&spec).name().into()),
+        host_ip: pod.node.host_ips.first().cloned(),
+        host_ips: (!pod.node.host_ips.is_empty()).then(|| pod.node.host_ips.iter().map(|ip| k8s::HostIP { ip: ip.clone() }).collect()),
+        ..Default::default()
+    };
+    if let Some(r) = &pod.rejection {
+        status.phase = Some("Failed".into());
+        status.reason = Some(r.reason.clone());
+        status.message = Some(r.message.clone());
+        return status;
+    }
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    let mut statuses = Vec::new();
-    let (mut running, mut waiting, mut failed, mut succeeded) = (0, 0, 0, 0);
-    for c in &spec.containers {
-        let tracked = pod.containers.get(&c.name);
-        let s = cri.get(&c.name);
-        let state = container_state(tracked, s);
-        let ready = state.running.is_some();
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let init_statuses: Vec<_> = inits.iter().map(|c| container_status(c, pod.containers.get(&c.name), cri.get(&c.name), true, pod.initialized)).collect();
+    let statuses: Vec<_> = spec.containers.iter().map(|c| container_status(c, pod.containers.get(&c.name), cri.get(&c.name), false, pod.initialized)).collect();
+    status.phase = Some(phase(pod, &statuses, policy).into());
+    let incomplete: Vec<&str> = if pod.initialized {
+        Vec::new()
+    } else {
+        let states: Vec<_> = inits
+            .iter()
+            .map(|c| {
+                let t = pod.containers.get(&c.name);
+                let state = match cri.get(&c.name) {
+                    None => init_containers::State::NotStarted,
+                    Some(s) if s.state == v1::ContainerState::ContainerExited as i32 => init_containers::State::Exited { code: s.exit_code },
+                    Some(_) => init_containers::State::Running { started: t.is_some_and(|t| t.started(c)) },
+                };
+                init_containers::Init { sidecar: c.restart_policy.as_deref() == Some("Always"), state, started_once: t.is_some_and(|t| t.started_once) }
+            })
+            .collect();
+        init_containers::incomplete(&states).into_iter().map(|i| inits[i].name.as_str()).collect()
+    };
+    // Sidecars count for readiness like app containers; regular init containers do not.
+    let sidecar = |name: &str| inits.iter().any(|c| c.name == name && c.restart_policy.as_deref() == Some("Always"));
+    let unready: Vec<&str> =
+        init_statuses.iter().filter(|s| sidecar(&s.name)).chain(&statuses).filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    let condition = |type_: &str, ok: bool, reason: &str, what: &str, names: &[&str]| k8s::PodCondition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: (!ok).then(|| reason.to_string()),
+        message: (!ok).then(|| format!("containers with {what} status: [{}]", names.join(" "))),
+        ..Default::default()
+    };
+    status.conditions = Some(vec![
+        condition("PodScheduled", true, "", "", &[]),
+        condition("Initialized", pod.initialized, "ContainersNotInitialized", "incomplete", &incomplete),
+        condition("ContainersReady", unready.is_empty(), "ContainersNotReady", "unready", &unready),
+        condition("Ready", unready.is_empty(), "ContainersNotReady", "unready", &unready),
+    ]);
+    status.init_container_statuses = (!init_statuses.is_empty()).then_some(init_statuses);
+    status.container_statuses = Some(statuses);
+    // A host-network pod's IPs are the node's, as kubelet reports them.
+    let pod_ips = if spec.host_network.unwrap_or(false) { &pod.node.host_ips } else { &pod.pod_ips };
+    status.pod_ip = pod_ips.first().cloned();
+    status.pod_ips = (!pod_ips.is_empty()).then(|| pod_ips.iter().map(|ip| k8s::PodIP { ip: ip.clone() }).collect());
+    status
+}
+
+/// Kubelet's phase: Pending until initialized (Failed if an init container failed under
+/// Never); then from the app containers: all exited cleanly (not under Always) →
+/// Succeeded, all exited with a failure under Never → Failed, anything running or
+/// restarting → Running.
+fn phase(pod: &RunningPod, statuses: &[k8s::ContainerStatus], policy: &str) -> &'static str {
+    if pod.init_failed {
+        return "Failed";
+    }
+    if !pod.initialized {
+        return "Pending";
+    }
+    let (mut running, mut failed, mut succeeded) = (0, 0, 0);
+    for s in statuses {
+        let state = s.state.clone().unwrap_or_default();
         match (&state.running, &state.terminated) {
             (Some(_), _) => running += 1,
             (None, Some(t)) if t.exit_code == 0 => succeeded += 1,
             (None, Some(_)) => failed += 1,
-            _ => waiting += 1,
+            _ => {}
         }
-        statuses.push(k8s::ContainerStatus {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            image_id: s.map(|s| s.image_ref.clone()).unwrap_or_default(),
-            container_id: tracked.and_then(|t| t.id.clone()).map(|id| format!("capstan://{id}")),
-            restart_count: tracked.map_or(0, |t| i32::try_from(t.restarts).unwrap_or(i32::MAX)),
-            ready,
-            started: Some(ready),
-            state: Some(state),
-            last_state: tracked.and_then(|t| t.last_termination.clone()).map(|t| k8s::ContainerState { terminated: Some(t), ..Default::default() }),
-            ..Default::default()
-        });
     }
-    let total = spec.containers.len();
+    let total = statuses.len();
     // A container waiting for its back-off is still "Running" for the pod, as in kubelet.
-    let phase = if succeeded == total && policy != "Always" {
+    if succeeded == total && policy != "Always" {
         "Succeeded"
     } else if succeeded + failed == total && failed > 0 && policy == "Never" {
         "Failed"
-    } else if running > 0 || succeeded + failed > 0 || pod.containers.values().any(|t| t.restarts > 0) {
+    } else if running > 0 || succeeded + failed > 0 || statuses.iter().any(|s| s.restart_count > 0) {
         "Running"
     } else {
-        let _ = waiting;
         "Pending"
+    }
+}
+
+fn container_status(c: &k8s::Container, tracked: Option<&Tracked>, s: Option<&v1::ContainerStatus>, init: bool, initialized: bool) -> k8s::ContainerStatus {
+    let state = container_state(tracked, s, !init && !initialized);
+    let running = state.running.is_some();
+    // A declared probe counts as not passed until its worker for this instance says so.
+    let probes = tracked.and_then(Tracked::probe_results);
+    let started = running && (c.startup_probe.is_none() || probes.as_ref().is_some_and(|r| r.started));
+    let sidecar = c.restart_policy.as_deref() == Some("Always");
+    // A regular init container is "ready" once it has succeeded.
+    let ready = if init && !sidecar {
+        state.terminated.as_ref().is_some_and(|t| t.exit_code == 0)
+    } else {
+        started && (c.readiness_probe.is_none() || probes.as_ref().is_some_and(|r| r.ready))
     };
-    let all_ready = statuses.iter().all(|s| s.ready);
-    let condition = |type_: &str, ok: bool| k8s::PodCondition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        ..Default::default()
-    };
-    k8s::PodStatus {
-        phase: Some(phase.into()),
-        conditions: Some(vec![
-            condition("PodScheduled", true),
-            condition("Initialized", true),
-            condition("ContainersReady", all_ready),
-            condition("Ready", all_ready),
-        ]),
-        container_statuses: Some(statuses),
-        start_time: pod.started_at.duration_since(std::time::UNIX_EPOCH).ok().and_then(|d| time(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))),
-        qos_class: Some(qos_class(&spec).into()),
+    k8s::ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: s.map(|s| s.image_ref.clone()).unwrap_or_default(),
+        container_id: tracked.and_then(|t| t.id.clone()).map(|id| format!("capstan://{id}")),
+        restart_count: tracked.map_or(0, |t| i32::try_from(t.restarts).unwrap_or(i32::MAX)),
+        ready,
+        started: Some(started),
+        state: Some(state),
+        last_state: tracked
+            .and_then(|t| t.last_terminated.clone())
+            .map(|terminated| k8s::ContainerState { terminated: Some(terminated), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -78,35 +145,38 @@ fn time(nanos: i64) -> Option<Time> {
     if nanos > 0 { k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(nanos)).ok().map(Time) } else { None }
 }
 
-fn container_state(tracked: Option<&Tracked>, s: Option<&v1::ContainerStatus>) -> k8s::ContainerState {
-    let backing_off = tracked.is_some_and(|t| !t.done) && s.is_some_and(|s| s.state == v1::ContainerState::ContainerExited as i32);
+/// Running or terminated as the runtime says, except that an exited container waiting to
+/// be restarted is waiting (CrashLoopBackOff), and one not created yet waits for the pod's
+/// init containers or its own creation (or says why that failed).
+fn container_state(tracked: Option<&Tracked>, s: Option<&v1::ContainerStatus>, initializing: bool) -> k8s::ContainerState {
+    let backing_off = tracked.is_some_and(|t| t.not_before.is_some()) && s.is_some_and(|s| s.state == v1::ContainerState::ContainerExited as i32);
     match s {
         Some(s) if s.state == v1::ContainerState::ContainerRunning as i32 => k8s::ContainerState {
             running: Some(k8s::ContainerStateRunning { started_at: time(s.started_at) }),
             ..Default::default()
         },
         Some(s) if s.state == v1::ContainerState::ContainerExited as i32 && !backing_off => {
-            k8s::ContainerState { terminated: Some(terminated(s)), ..Default::default() }
+            k8s::ContainerState { terminated: Some(terminated(s, None)), ..Default::default() }
         }
-        _ => k8s::ContainerState {
-            waiting: Some(k8s::ContainerStateWaiting {
-                reason: Some(
-                    tracked.and_then(|t| t.waiting_reason.clone()).unwrap_or_else(|| {
-                        if backing_off { "CrashLoopBackOff".into() } else { "ContainerCreating".into() }
-                    }),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        _ => {
+            let (reason, message) = match tracked.and_then(|t| t.waiting_reason.clone()) {
+                Some(reason) => (reason, tracked.and_then(|t| t.waiting_message.clone())),
+                None if backing_off => ("CrashLoopBackOff".to_string(), None),
+                None if initializing => ("PodInitializing".to_string(), None),
+                None => ("ContainerCreating".to_string(), None),
+            };
+            k8s::ContainerState { waiting: Some(k8s::ContainerStateWaiting { reason: Some(reason), message }), ..Default::default() }
+        }
     }
 }
 
-/// An exited container as a terminated state (also the next instance's `lastState`).
-pub fn terminated(s: &v1::ContainerStatus) -> k8s::ContainerStateTerminated {
+/// An exited container as a terminated state, also the next instance's `lastState`;
+/// `message` (why the agent killed it: a failed probe) goes before the runtime's.
+pub fn terminated(s: &v1::ContainerStatus, message: Option<String>) -> k8s::ContainerStateTerminated {
     k8s::ContainerStateTerminated {
         exit_code: s.exit_code,
         reason: Some(s.reason.clone()).filter(|r| !r.is_empty()),
+        message: message.or_else(|| Some(s.message.clone()).filter(|m| !m.is_empty())),
         started_at: time(s.started_at),
         finished_at: time(s.finished_at),
         container_id: Some(format!("capstan://{}", s.id)).filter(|_| !s.id.is_empty()),
@@ -114,56 +184,35 @@ pub fn terminated(s: &v1::ContainerStatus) -> k8s::ContainerStateTerminated {
     }
 }
 
-/// Guaranteed when every container has equal cpu and memory requests and limits,
-/// BestEffort when none has any, Burstable otherwise.
-pub fn qos_class(spec: &k8s::PodSpec) -> &'static str {
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &spec.containers {
-        let r = c.resources.clone().unwrap_or_default();
-        let limits = r.limits.unwrap_or_default();
-        let requests = r.requests.unwrap_or_default();
-        any |= !limits.is_empty() || !requests.is_empty();
-        for key in ["cpu", "memory"] {
-            match (limits.get(key), requests.get(key).or(limits.get(key))) {
-                (Some(l), Some(q)) if l == q => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::agent_mode::admission::Rejection;
+    use crate::agent_mode::desired::DesiredPod;
+    use crate::agent_mode::node_info::NodeInfo;
+    use crate::agent_mode::pod_sync::new_pod;
+
+    /// A pod with `tracked` containers (name, id, restarts, done) and `init` init containers.
+    fn pod_with(policy: &str, dir: &std::path::Path, init: &[&str], tracked: &[(&str, Option<&str>, u32, bool)]) -> RunningPod {
+        let containers: Vec<_> =
+            tracked.iter().filter(|(n, ..)| !init.contains(n)).map(|(n, ..)| serde_json::json!({"name": n, "image": "i"})).collect();
+        let inits: Vec<_> = init.iter().map(|n| serde_json::json!({"name": n, "image": "i"})).collect();
+        let manifest = serde_json::json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": policy, "containers": containers, "initContainers": inits}});
+        let source = DesiredPod::from_file("/m/p.yaml".into(), "h".into(), serde_json::from_value(manifest).unwrap());
+        let node = Arc::new(NodeInfo { host_ips: vec!["10.0.0.5".into()], ..Default::default() });
+        let volumes = capstan_volumes::PodVolumes::new(dir, "h").unwrap();
+        let mut pod = new_pod(source, &node, "s".into(), Default::default(), volumes, Default::default(), dir.join("h"), None);
+        for (n, id, restarts, done) in tracked {
+            let t = pod.containers.get_mut(*n).unwrap();
+            (t.id, t.restarts, t.done) = (id.map(String::from), *restarts, *done);
+        }
+        pod
+    }
 
     fn pod(policy: &str, dir: &std::path::Path, tracked: &[(&str, Option<&str>, u32, bool)]) -> RunningPod {
-        let containers: Vec<_> = tracked.iter().map(|(n, ..)| serde_json::json!({"name": n, "image": "i"})).collect();
-        let manifest = serde_json::json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": policy, "containers": containers}});
-        RunningPod {
-            source: super::super::desired::DesiredPod::from_file("/m/p.yaml".into(), "h".into(), serde_json::from_value(manifest).unwrap()),
-            sandbox_id: "s".into(),
-            sandbox_config: Default::default(),
-            volumes: capstan_volumes::PodVolumes::new(dir, "h").unwrap(),
-            volume_paths: Default::default(),
-            containers: tracked
-                .iter()
-                .map(|(n, id, restarts, done)| {
-                    let mut t = Tracked::default();
-                    (t.id, t.restarts, t.done) = (id.map(String::from), *restarts, *done);
-                    (n.to_string(), t)
-                })
-                .collect(),
-            pod_dir: dir.join("h"),
-            started_at: std::time::SystemTime::now(),
-        }
+        pod_with(policy, dir, &[], tracked)
     }
 
     fn cri(state: v1::ContainerState, exit_code: i32) -> v1::ContainerStatus {
@@ -179,10 +228,15 @@ mod tests {
         let p = pod("OnFailure", dir.path(), &[("server", Some("a"), 0, false), ("once", Some("b"), 0, true)]);
         let st = pod_status(&p, &HashMap::from([("server".into(), cri(running, 0)), ("once".into(), cri(exited, 0))]));
         assert_eq!(st.phase.as_deref(), Some("Running"));
+        assert_eq!(st.host_ip.as_deref(), Some("10.0.0.5"));
         let cs = st.container_statuses.unwrap();
         assert!(cs[0].state.as_ref().unwrap().running.is_some() && cs[0].ready);
         assert_eq!(cs[1].state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 0);
         assert_eq!(cs[0].container_id.as_deref(), Some("capstan://a"));
+        // Not ready: the conditions name it.
+        let conditions = st.conditions.unwrap();
+        let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.message.as_deref()), ("False", Some("containers with unready status: [once]")));
         // Everything finished cleanly → Succeeded (not under Always).
         let p = pod("OnFailure", dir.path(), &[("once", Some("b"), 0, true)]);
         let st = pod_status(&p, &HashMap::from([("once".into(), cri(exited, 0))]));
@@ -191,15 +245,18 @@ mod tests {
         let p = pod("Never", dir.path(), &[("once", Some("b"), 0, true)]);
         let st = pod_status(&p, &HashMap::from([("once".into(), cri(exited, 3))]));
         assert_eq!(st.phase.as_deref(), Some("Failed"));
-        // Always, exited and waiting for its back-off: CrashLoopBackOff, restarts counted.
+        // Always, exited and waiting for its back-off: CrashLoopBackOff, restarts counted,
+        // the previous end in lastState.
         let mut p = pod("Always", dir.path(), &[("crash", Some("c"), 4, false)]);
-        p.containers.get_mut("crash").unwrap().last_termination = Some(terminated(&cri(exited, 3)));
+        let t = p.containers.get_mut("crash").unwrap();
+        t.not_before = Some(std::time::Instant::now());
+        t.last_terminated = Some(k8s::ContainerStateTerminated { exit_code: 137, reason: Some("Error".into()), ..Default::default() });
         let st = pod_status(&p, &HashMap::from([("crash".into(), cri(exited, 0))]));
         assert_eq!(st.phase.as_deref(), Some("Running"));
         let cs = &st.container_statuses.unwrap()[0];
         assert_eq!(cs.restart_count, 4);
-        assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 3, "the previous instance's end");
         assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 137);
         assert!(!cs.ready);
         // Not started yet → Pending.
         let p = pod("Always", dir.path(), &[("c", None, 0, false)]);
@@ -207,13 +264,60 @@ mod tests {
     }
 
     #[test]
-    fn qos_classes() {
-        let spec = |c: serde_json::Value| -> k8s::PodSpec { serde_json::from_value(serde_json::json!({"containers": [c]})).unwrap() };
-        assert_eq!(qos_class(&spec(serde_json::json!({"name": "a"}))), "BestEffort");
-        assert_eq!(
-            qos_class(&spec(serde_json::json!({"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}))),
-            "Guaranteed"
-        );
-        assert_eq!(qos_class(&spec(serde_json::json!({"name": "a", "resources": {"requests": {"cpu": "1"}}}))), "Burstable");
+    fn init_containers_hold_the_pod_in_pending_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let exited = v1::ContainerState::ContainerExited;
+        let running = v1::ContainerState::ContainerRunning;
+        let p = pod_with("Always", dir.path(), &["first", "second"], &[("first", Some("a"), 0, false), ("second", Some("b"), 0, false), ("app", None, 0, false)]);
+        let st = pod_status(&p, &HashMap::from([("first".into(), cri(exited, 0)), ("second".into(), cri(running, 0))]));
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+        let init = st.init_container_statuses.unwrap();
+        assert!(init[0].ready && init[0].state.as_ref().unwrap().terminated.is_some());
+        assert!(!init[1].ready && init[1].state.as_ref().unwrap().running.is_some());
+        let app = &st.container_statuses.unwrap()[0];
+        assert_eq!(app.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
+        let conditions = st.conditions.unwrap();
+        let initialized = conditions.iter().find(|c| c.type_ == "Initialized").unwrap();
+        assert_eq!(initialized.status, "False");
+        assert_eq!(initialized.reason.as_deref(), Some("ContainersNotInitialized"));
+        assert_eq!(initialized.message.as_deref(), Some("containers with incomplete status: [second]"));
+        // A failed init container under Never fails the pod.
+        let mut p = pod_with("Never", dir.path(), &["first"], &[("first", Some("a"), 0, true), ("app", None, 0, false)]);
+        p.init_failed = true;
+        let st = pod_status(&p, &HashMap::from([("first".into(), cri(exited, 1))]));
+        assert_eq!(st.phase.as_deref(), Some("Failed"));
+        assert_eq!(st.init_container_statuses.unwrap()[0].state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 1);
+    }
+
+    /// Between a container's start and the first sync after it no probe worker exists yet:
+    /// a declared readiness probe must still keep it unready.
+    #[test]
+    fn declared_probes_count_as_not_passed_until_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "probed", "image": "i", "readinessProbe": {"tcpSocket": {"port": 80}}},
+            {"name": "plain", "image": "i"}
+        ]}});
+        let source = DesiredPod::from_file("/m/p.yaml".into(), "h".into(), serde_json::from_value(manifest).unwrap());
+        let volumes = capstan_volumes::PodVolumes::new(dir.path(), "h").unwrap();
+        let mut p = new_pod(source, &Arc::new(NodeInfo::default()), "s".into(), Default::default(), volumes, Default::default(), dir.path().join("h"), None);
+        for (name, id) in [("probed", "a"), ("plain", "b")] {
+            p.containers.get_mut(name).unwrap().id = Some(id.into());
+        }
+        let running = cri(v1::ContainerState::ContainerRunning, 0);
+        let st = pod_status(&p, &HashMap::from([("probed".into(), running.clone()), ("plain".into(), running)]));
+        let cs = st.container_statuses.unwrap();
+        assert_eq!((cs[0].name.as_str(), cs[0].ready, cs[0].started), ("probed", false, Some(true)));
+        assert_eq!((cs[1].name.as_str(), cs[1].ready), ("plain", true));
+    }
+
+    #[test]
+    fn refused_pods_are_failed_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pod("Always", dir.path(), &[("c", None, 0, false)]);
+        p.rejection = Some(Rejection { reason: "NodeAffinity".into(), message: "nodeSelector disktype=hdd".into() });
+        let st = pod_status(&p, &HashMap::new());
+        assert_eq!((st.phase.as_deref(), st.reason.as_deref()), (Some("Failed"), Some("NodeAffinity")));
+        assert!(st.container_statuses.is_none());
     }
 }

@@ -70,6 +70,12 @@ impl Cri {
         self
     }
 
+    /// The runtime behind the services, for agent mode's probes of pods without an IP
+    /// (a connection inside the pod's netns has no CRI call).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// A streaming URL for an already validated request.
     fn streaming_url(&self, request: StreamRequest) -> Result<String, tonic::Status> {
         let server = self.streaming.as_ref().ok_or_else(|| tonic::Status::unavailable("the streaming server is not running"))?;

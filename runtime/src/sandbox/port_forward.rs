@@ -1,4 +1,5 @@
 //! Port-forward's far end: a TCP connection to localhost inside the pod's network namespace.
+//! Agent mode's probes use the same path for pods without an IP of their own (no CNI).
 //!
 //! The socket is created by a short-lived thread that joined the pod's netns; a socket keeps
 //! the namespace it was created in, so the daemon can use it from any thread afterwards.
@@ -20,6 +21,12 @@ impl Runtime {
     /// does). The pod must be ready; host-network pods are reached on the host's loopback.
     #[tracing::instrument(name = "port_forward", skip(self), fields(pod_id = %pod_id))]
     pub async fn port_forward_stream(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        self.pod_local_stream(pod_id, port, CONNECT_TIMEOUT).await
+    }
+
+    /// [`Runtime::port_forward_stream`] with the caller's connect timeout (a probe's
+    /// `timeoutSeconds`), so a silent port does not hold the caller for 10 s.
+    pub async fn pod_local_stream(&self, pod_id: &str, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream> {
         let sandbox = self.sandboxes.find(pod_id)?;
         let record = sandbox.record();
         if record.state != SandboxState::Ready || !record.monitor_alive() {
@@ -35,7 +42,7 @@ impl Runtime {
         std::thread::Builder::new()
             .name("capstan-portfwd".into())
             .spawn(move || {
-                let _ = tx.send(connect_in(netns, port));
+                let _ = tx.send(connect_in(netns, port, timeout));
             })
             .map_err(|e| Error::Internal(format!("cannot start a port-forward thread: {e}")))?;
         let stream = rx
@@ -49,7 +56,7 @@ impl Runtime {
 }
 
 /// Runs on its own thread: joins `netns` (if any), then connects.
-fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<std::net::TcpStream> {
+fn connect_in(netns: Option<PathBuf>, port: u16, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
     if let Some(path) = netns {
         let file = std::fs::File::open(&path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("pod network namespace {}: {e}", path.display())))?;
@@ -57,9 +64,8 @@ fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<std::net::Tc
             .map_err(|e| std::io::Error::other(format!("cannot enter the pod's network namespace: {e}")))?;
     }
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    match std::net::TcpStream::connect_timeout(&v4, CONNECT_TIMEOUT) {
+    match std::net::TcpStream::connect_timeout(&v4, timeout) {
         Ok(s) => Ok(s),
-        Err(e4) => std::net::TcpStream::connect_timeout(&SocketAddr::from((Ipv6Addr::LOCALHOST, port)), CONNECT_TIMEOUT)
-            .map_err(|_| e4),
+        Err(e4) => std::net::TcpStream::connect_timeout(&SocketAddr::from((Ipv6Addr::LOCALHOST, port)), timeout).map_err(|_| e4),
     }
 }

@@ -118,13 +118,12 @@ pub async fn start(
     let settings = Settings::new(config, node);
     tracing::info!(kubeconfig = %path.display(), node = %node, "agent mode: registering with the API server");
     let (node_uid_tx, node_uid_rx) = tokio::sync::watch::channel(None);
-    let (host_ip_tx, host_ip_rx) = tokio::sync::watch::channel(None);
     let registration = node_registration::NodeRegistration::new(client.clone(), settings.clone(), Arc::new(config.clone()), cri);
-    tokio::spawn(registration.run(node_uid_tx, host_ip_tx, stop.clone()));
+    tokio::spawn(registration.run(node_uid_tx, stop.clone()));
     tokio::spawn(lease::run(client.clone(), settings.clone(), node_uid_rx, stop.clone()));
     let pods = Arc::new(pod_source::PodStore::new(changed));
     tokio::spawn(pod_source::run(client.clone(), node.to_string(), pods.clone(), stop));
-    Some(ApiSide { statuses: pod_status::Reporter::new(client.clone(), host_ip_rx), client, pods, recovered: false })
+    Some(ApiSide { statuses: pod_status::Reporter::new(client.clone()), client, pods, recovered: false })
 }
 
 /// How long one API call may take: a server that accepts a request and never answers must

@@ -59,15 +59,9 @@ impl NodeRegistration {
     }
 
     /// Registers the node (retrying with back-off), hands its uid to the Lease task, then
-    /// keeps its status posted until `stop`. The node's first InternalIP goes to the pod
-    /// status reporter as pods' `hostIP`.
+    /// keeps its status posted until `stop`.
     #[tracing::instrument(skip_all, fields(node = %self.settings.node))]
-    pub async fn run(
-        self,
-        uid: tokio::sync::watch::Sender<Option<String>>,
-        host_ip: tokio::sync::watch::Sender<Option<String>>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub async fn run(self, uid: tokio::sync::watch::Sender<Option<String>>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let started = Instant::now();
         let mut backoff = Backoff::default();
         let registered = loop {
@@ -92,15 +86,7 @@ impl NodeRegistration {
         let mut posted = Posted::from_registered(&registered);
         loop {
             match self.desired().await {
-                Ok(node) => {
-                    let ip = internal_ip(&node);
-                    host_ip.send_if_modified(|old| {
-                        let changed = *old != ip;
-                        *old = ip;
-                        changed
-                    });
-                    posted = self.post_status(node, posted).await;
-                }
+                Ok(node) => posted = self.post_status(node, posted).await,
                 Err(e) => tracing::warn!(error = %e, "cannot gather the node's facts"),
             }
             if sleep_or_stop(self.settings.status_check, &mut stop).await {
@@ -196,12 +182,6 @@ async fn runtime_readiness(cri: &Arc<Cri>) -> (bool, String) {
         }
         Err(status) => (false, format!("container runtime status: {}", status.message())),
     }
-}
-
-/// The node's first InternalIP: the pods' `hostIP`.
-fn internal_ip(node: &k8s::Node) -> Option<String> {
-    let addresses = node.status.as_ref()?.addresses.as_ref()?;
-    addresses.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())
 }
 
 /// Our labels that the existing Node lacks or has otherwise, as a strategic merge patch;
