@@ -1,8 +1,10 @@
 //! A stand-in for kube-apiserver, which cannot be installed here: an HTTP/1.1 server on
 //! 127.0.0.1 that speaks the real Kubernetes REST and watch wire format for the objects a
 //! node agent touches — nodes (and `nodes/<n>/status`), leases, pods (cluster-wide list and
-//! watch with `fieldSelector`, `pods/<p>/status`, delete with DeleteOptions), configmaps and
-//! secrets. Objects are stored as the JSON they were sent as and given uid,
+//! watch with `fieldSelector`, `pods/<p>/status`, delete with DeleteOptions), configmaps,
+//! secrets, persistentvolumeclaims (namespaced) and persistentvolumes (cluster-scoped; a
+//! test changes one with [`ApiServer::update`], as the PV controller or an admin would), and
+//! events posted about pods. Objects are stored as the JSON they were sent as and given uid,
 //! resourceVersion and creationTimestamp as the API server does; errors are `Status`
 //! objects; watch responses are chunked lines of `{"type": ..., "object": ...}`. Every
 //! request is recorded (method, path, query, content type, body) for the test to assert on.
@@ -500,6 +502,11 @@ mod tests {
         assert_eq!(
             split("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
             Some(("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases".into(), None, None))
+        );
+        assert_eq!(split("/api/v1/persistentvolumes/pv1"), Some(("/api/v1/persistentvolumes".into(), Some("pv1".into()), None)));
+        assert_eq!(
+            split("/api/v1/namespaces/t/persistentvolumeclaims/c"),
+            Some(("/api/v1/namespaces/t/persistentvolumeclaims".into(), Some("c".into()), None))
         );
         assert_eq!(decode("spec.nodeName%3Dn1"), "spec.nodeName=n1");
         assert!(now().ends_with('Z') && now().len() == 20, "{}", now());

@@ -20,9 +20,13 @@
 //! lastState, sent only on change; a Never pod reaching Succeeded; a 410 Gone watch making
 //! the agent list again; deletion through deletionTimestamp (pod stopped within its
 //! deletionGracePeriodSeconds, its mounts gone, then DELETE with gracePeriodSeconds=0) and
-//! through a DELETED event; and a
+//! through a DELETED event; persistentVolumeClaims bound to `local` PersistentVolumes (a
+//! temp dir of the test, written from inside the pod), and a claim whose volume has another
+//! node's affinity: no sandbox, nothing mounted, a Pending status patch whose waiting
+//! message names the claim and the affinity, a FailedMount event, then the pod started once
+//! the volume's affinity is fixed; and a
 //! daemon restart finding its Node already there (409): labels reconciled by a patch, the
-//! running pod adopted rather than restarted.
+//! running pods adopted rather than restarted.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,6 +48,7 @@ const NS: &str = "team";
 const NODES: &str = "/api/v1/nodes";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
 const STRATEGIC: &str = "application/strategic-merge-patch+json";
+const PVS: &str = "/api/v1/persistentvolumes";
 
 fn pods_path(name: &str) -> String {
     format!("/api/v1/namespaces/{NS}/pods/{name}")
@@ -82,7 +87,7 @@ impl Drop for Test {
 
 impl Test {
     fn api_pods(&self) -> Vec<(String, String)> {
-        ["web", "crash", "job", "late"]
+        ["web", "crash", "job", "late", "disk", "faraway"]
             .iter()
             .filter(|n| self.api.get(&pods_path(n)).is_some())
             .map(|n| (NS.to_string(), n.to_string()))
@@ -144,6 +149,31 @@ impl Test {
     }
 }
 
+/// A claim bound to a `local` PersistentVolume at `path` whose required node affinity names
+/// `host`, as the local static provisioner and the PV controller leave them.
+fn local_claim(api: &ApiServer, claim: &str, pv: &str, path: &Path, host: &str) {
+    let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-storage", "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
+        "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}});
+    let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                 "storageClassName": "local-storage", "local": {"path": path}, "claimRef": {"kind": "PersistentVolumeClaim", "namespace": NS, "name": claim},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}]}]}}},
+        "status": {"phase": "Bound"}});
+    // Valid v1 objects, as the real server would hold them.
+    let pvc = serde_json::to_value(serde_json::from_value::<k8s::PersistentVolumeClaim>(pvc).unwrap()).unwrap();
+    let volume = serde_json::to_value(serde_json::from_value::<k8s::PersistentVolume>(volume).unwrap()).unwrap();
+    api.create(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims"), pvc);
+    api.create(PVS, volume);
+}
+
+/// A pod whose container `main` mounts claim `claim` at /data.
+fn with_claim(mut pod: Value, claim: &str) -> Value {
+    pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    pod["spec"]["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    pod
+}
+
 fn status_patches<'a>(requests: &'a [Recorded], pod: &str) -> Vec<&'a Recorded> {
     let path = format!("{}/status", pods_path(pod));
     requests.iter().filter(|r| r.is("PATCH", &path) && r.status == 200).collect()
@@ -185,6 +215,12 @@ async fn agent_registers_renews_and_runs_api_pods() {
         ..Default::default()
     };
     api.create(&format!("/api/v1/namespaces/{NS}/secrets"), serde_json::to_value(&secret).unwrap());
+    // Local PersistentVolumes: one on this node, one (so far) on another.
+    let (here, far) = (dirs.path().join("disk-here"), dirs.path().join("disk-far"));
+    std::fs::create_dir(&here).unwrap();
+    std::fs::create_dir(&far).unwrap();
+    local_claim(&api, "data", "local-here", &here, NODE);
+    local_claim(&api, "far", "local-far", &far, "othernode");
 
     let options = DaemonOptions {
         config_toml: format!(
@@ -303,8 +339,10 @@ async fn agent_registers_renews_and_runs_api_pods() {
     let job = t.pod("job", "Never", "echo done; exit 0");
     let elsewhere = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "elsewhere", "namespace": NS},
                            "spec": {"nodeName": "othernode", "containers": [{"name": "c", "image": t.image}]}});
+    let disk = with_claim(t.pod("disk", "Always", "echo written-in-pod > /data/hello; exec sleep 3600"), "data");
+    let faraway = with_claim(t.pod("faraway", "Always", "echo far > /data/hello; exec sleep 3600"), "far");
     let pods_created = Instant::now();
-    for pod in [crash, web, job, elsewhere] {
+    for pod in [crash, web, job, elsewhere, disk, faraway] {
         t.api.create(&pods, pod);
     }
     let web_uid = t.uid(&pods_path("web"));
@@ -400,6 +438,54 @@ async fn agent_registers_renews_and_runs_api_pods() {
     let last = cs.last_state.as_ref().and_then(|l| l.terminated.clone()).unwrap_or_else(|| panic!("no lastState: {cs:?}"));
     assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
 
+    // A claim bound to a local PV on this node: the pod's writes land in the PV's directory.
+    let claims_started = Instant::now();
+    let disk_sb = t.wait_sandbox("disk").await;
+    let disk_main = t.running_container(&disk_sb.id, "main").await;
+    assert_eq!(t.exec(&disk_main, "cat /data/hello").await, "written-in-pod\n");
+    assert_eq!(std::fs::read_to_string(here.join("hello")).unwrap(), "written-in-pod\n", "the write reached the PV's directory");
+    let disk_uid = t.uid(&pods_path("disk"));
+    let bound = pods_dir.join(&disk_uid).join("volumes/kubernetes.io~local-volume/data");
+    assert!(mount_line(&bound).is_some(), "local PV not bound at {}", bound.display());
+    // A claim whose PV has another node's affinity: Pending, the cause in the containers'
+    // waiting message, a FailedMount event, no sandbox and nothing mounted; retried.
+    let far_uid = t.uid(&pods_path("faraway"));
+    let pending = wait_for(&t.api, "faraway Pending with the volume's cause", Duration::from_secs(30), |r| {
+        status_patches(r, "faraway").into_iter().map(patched_status).find(|s| s.phase.as_deref() == Some("Pending"))
+    })
+    .await;
+    let waiting = pending.container_statuses.as_ref().unwrap()[0].state.clone().unwrap().waiting.expect("waiting");
+    let message = waiting.message.clone().unwrap_or_default();
+    assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"), "{waiting:?}");
+    for part in ["volume \"data\"", "persistentVolumeClaim \"far\"", "\"local-far\" node affinity does not match node \"apinode\"", "othernode"] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
+    assert_eq!(condition(&pending.conditions, "Ready").as_deref(), Some("False"));
+    let event = wait_for(&t.api, "FailedMount event", Duration::from_secs(10), |r| {
+        r.iter().find(|r| r.is("POST", &format!("/api/v1/namespaces/{NS}/events")) && r.body["involvedObject"]["name"] == "faraway").cloned()
+    })
+    .await;
+    let event: k8s::Event = serde_json::from_value(event.body).unwrap();
+    assert_eq!((event.reason.as_deref(), event.type_.as_deref()), (Some("FailedMount"), Some("Warning")));
+    assert_eq!((event.involved_object.uid.as_deref(), event.message.as_deref()), (Some(far_uid.as_str()), Some(message.as_str())));
+    wait_for(&t.api, "faraway's claim looked up again", Duration::from_secs(10), |r| {
+        (r.iter().filter(|r| r.is("GET", &format!("{PVS}/local-far"))).count() >= 2).then_some(())
+    })
+    .await;
+    assert!(t.sandboxes("faraway").await.is_empty(), "faraway got a sandbox");
+    assert!(mounts_below(&pods_dir.join(&far_uid)).is_empty(), "{:?}", mounts_below(&pods_dir.join(&far_uid)));
+    let failed_patches = status_patches(&t.api.requests(), "faraway").len();
+    assert_eq!(failed_patches, 1, "the unchanged failure was re-sent:\n{}", summary(&t.api.requests()));
+    // The volume's affinity fixed: the next sync starts the pod.
+    t.api.update(&format!("{PVS}/local-far"), |pv| {
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] = json!([NODE]);
+    });
+    let far_sb = t.wait_sandbox("faraway").await;
+    let far_main = t.running_container(&far_sb.id, "main").await;
+    assert_eq!(t.exec(&far_main, "cat /data/hello").await, "far\n");
+    assert_eq!(std::fs::read_to_string(far.join("hello")).unwrap(), "far\n");
+    let claims_took = claims_started.elapsed();
+
     // 410 Gone on the watch: the agent lists again and still sees new pods.
     let lists = |r: &[Recorded]| r.iter().filter(|r| r.is("GET", "/api/v1/pods") && !r.query.contains_key("watch")).count();
     let lists_before = lists(&t.api.requests());
@@ -476,10 +562,15 @@ async fn agent_registers_renews_and_runs_api_pods() {
     assert!(t.daemon.log().contains("adopted an API pod from a previous run"));
 
     // Everything goes: sandboxes, mounts, pod directories, bridge ports, IP reservations.
-    t.api.remove_pod(NS, "late");
-    t.api.remove_pod(NS, "job");
-    t.wait_no_sandbox("late").await;
-    t.wait_no_sandbox("job").await;
+    assert_eq!(t.wait_sandbox("disk").await.id, disk_sb.id, "the pod with a claim was replaced by the restart");
+    for name in ["late", "job", "disk", "faraway"] {
+        t.api.remove_pod(NS, name);
+    }
+    for name in ["late", "job", "disk", "faraway"] {
+        t.wait_no_sandbox(name).await;
+    }
+    // The PVs' directories outlive the pods (Retain), unmounted.
+    assert!(here.join("hello").exists() && mounts_below(&here).is_empty() && mounts_below(&far).is_empty());
     let all = t.rt.list_pod_sandbox(v1::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
     assert!(all.is_empty(), "sandboxes left: {all:#?}");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -505,6 +596,10 @@ async fn agent_registers_renews_and_runs_api_pods() {
             if r.query.contains_key("watch") { "pods watch" } else { "pods list" }
         } else if r.path.contains("/configmaps/") || r.path.contains("/secrets/") {
             "configmaps+secrets"
+        } else if r.path.contains("/persistentvolumeclaims/") || r.path.starts_with(PVS) {
+            "claims+volumes"
+        } else if r.path.ends_with("/events") {
+            "events"
         } else {
             "pods"
         };
@@ -517,7 +612,7 @@ async fn agent_registers_renews_and_runs_api_pods() {
     }
     eprintln!(
         "agent_api figures: node registered {registered_after:?} after daemon start; web sandbox ready {sandbox_after:?} after the pod was \
-         created; web status patches {web_patches}; requests by kind {by_kind:?}; total {}",
+         created; claims checked, failure seen and fixed in {claims_took:?}; web status patches {web_patches}; requests by kind {by_kind:?}; total {}",
         requests.len()
     );
 }

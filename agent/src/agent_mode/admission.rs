@@ -39,8 +39,9 @@ fn node_selector(selector: Option<&BTreeMap<String, String>>, labels: &BTreeMap<
     })
 }
 
-/// Terms are ORed, a term's requirements ANDed; a term with none matches nothing.
-fn required_affinity(required: &k8s::NodeSelector, node: &NodeInfo) -> Option<String> {
+/// Terms are ORed, a term's requirements ANDed; a term with none matches nothing. Also
+/// checks a local PersistentVolume's node affinity ([`super::api::claims`]).
+pub(super) fn required_affinity(required: &k8s::NodeSelector, node: &NodeInfo) -> Option<String> {
     let mut why = Vec::new();
     for term in &required.node_selector_terms {
         let exprs = term.match_expressions.iter().flatten().map(|r| (r, node.labels.get(&r.key).map(String::as_str)));

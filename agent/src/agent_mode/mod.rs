@@ -5,7 +5,9 @@
 //! pods bound to this node; the same module registers the Node, renews its Lease and sends
 //! pod status back). The sync loop here runs them alike: [`pod_sync`] turns each into CRI
 //! calls on our own runtime, [`volumes`] sets its volumes up (configMap, secret and
-//! downwardAPI files through [`projected`]), [`config_data`] resolves its ConfigMap and
+//! downwardAPI files through [`projected`], claims bound to local PersistentVolumes as
+//! [`api::claims`] resolves them; a pod whose volumes cannot be set up stays Pending with
+//! the cause in its status and is tried again every sync), [`config_data`] resolves its ConfigMap and
 //! Secret references, [`status`] builds its status (written beside the pod, and patched
 //! to the API server for API pods). The pod workers around [`pod_sync`]: [`admission`]
 //! (nodeSelector, node affinity), [`init_containers`], [`probes`] run by [`prober`] tasks,
@@ -56,6 +58,27 @@ pub enum AgentError {
     ImageNeverPull(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// Why a pod's claims could not be resolved.
+#[derive(Debug, thiserror::Error)]
+enum Unresolved {
+    #[error(transparent)]
+    Api(api::claims::ClaimError),
+    /// A static pod names a claim.
+    #[error("{0}")]
+    Static(String),
+}
+
+impl From<Unresolved> for AgentError {
+    /// A claim not (yet) usable is the pod's volume error (ContainerCreating, retried); a
+    /// static pod's claim is a configuration error.
+    fn from(e: Unresolved) -> AgentError {
+        match e {
+            Unresolved::Api(e) => AgentError::Volume(e.to_string()),
+            Unresolved::Static(message) => AgentError::Invalid(message),
+        }
+    }
 }
 
 impl AgentError {
@@ -176,7 +199,16 @@ impl Agent {
                     }
                 };
                 let key = source.key();
-                match pod_sync::adopt(&self.cri, &self.node, self.pods_dir.clone(), source, sandbox.id.clone()).await {
+                let adopted = match self.claims(&source).await {
+                    Ok(claims) => pod_sync::adopt(&self.cri, &self.node, self.pods_dir.clone(), source, &claims, sandbox.id.clone()).await,
+                    // An API server that did not answer is no reason to replace a running pod.
+                    Err(Unresolved::Api(e @ api::claims::ClaimError::Unreachable(_))) => {
+                        tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot resolve an API pod's claims; adopting it later");
+                        return false;
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match adopted {
                     Ok(pod) => {
                         self.pods.insert(key, pod);
                         continue;
@@ -208,6 +240,28 @@ impl Agent {
             source.config = Arc::new(api::config_objects::fetch(&api.client, &source.pod).await?);
         }
         Ok(source)
+    }
+
+    /// The pod's persistentVolumeClaims as the volumes they are bound to: looked up on the
+    /// API server for an API pod; a static pod may use none.
+    async fn claims(&self, source: &DesiredPod) -> Result<volumes::Claims, Unresolved> {
+        let spec = source.pod.spec.clone().unwrap_or_default();
+        match &self.api {
+            Some(api) if !source.is_static() => api::claims::resolve(&api.client, &source.pod, &self.node).await.map_err(Unresolved::Api),
+            _ => api::claims::refuse_static(&spec).map(|()| volumes::Claims::new()).map_err(Unresolved::Static),
+        }
+    }
+
+    /// A pod that could not start: an API pod's status says why (Pending, its containers
+    /// waiting with the error's reason), with a FailedMount event when a volume was the
+    /// cause; both only when the status changed, not on every retry.
+    async fn report_not_started(&mut self, source: &DesiredPod, e: &AgentError) {
+        let Some(api) = self.api.as_mut().filter(|_| !source.is_static()) else { return };
+        let message = e.to_string();
+        let status = status::not_started(source, &self.node, e.reason(), &message);
+        if api.statuses.report(source, &status).await && matches!(e, AgentError::Volume(_)) {
+            api::events::warn(&api.client, source, &self.node.name, "FailedMount", &message).await;
+        }
     }
 
     /// What both sources want now. Until the API source's first full list (and the
@@ -286,6 +340,7 @@ impl Agent {
             }
         }
         self.finish_deletions(&terminating).await;
+        let wanted: HashSet<String> = desired.values().map(|d| d.uid.clone()).collect();
         for (key, source) in desired {
             if self.pods.contains_key(&key) {
                 continue;
@@ -297,12 +352,23 @@ impl Agent {
                     continue;
                 }
             };
-            match pod_sync::start(&self.cri, &self.node, self.pods_dir.clone(), source).await {
+            let started = match self.claims(&source).await {
+                Ok(claims) => pod_sync::start(&self.cri, &self.node, self.pods_dir.clone(), source.clone(), &claims).await,
+                Err(e) => Err(e.into()),
+            };
+            match started {
                 Ok(pod) => {
                     self.pods.insert(key, pod);
                 }
-                Err(e) => tracing::error!(pod = %key, error = %e, "cannot start pod; retrying next sync"),
+                Err(e) => {
+                    tracing::error!(pod = %key, error = %e, "cannot start pod; retrying next sync");
+                    self.report_not_started(&source, &e).await;
+                }
             }
+        }
+        if let Some(api) = self.api.as_mut() {
+            let running: HashSet<&str> = self.pods.values().map(|p| p.source.uid.as_str()).collect();
+            api.statuses.retain(|uid| wanted.contains(uid) || running.contains(uid));
         }
         for pod in self.pods.values_mut() {
             pod_sync::sync(&self.cri, pod).await;
@@ -310,7 +376,7 @@ impl Agent {
             let status = status::pod_status(pod, &statuses);
             write_status(pod, &status);
             if let (Some(api), false) = (self.api.as_mut(), pod.source.is_static()) {
-                api.statuses.report(pod, &status).await;
+                api.statuses.report(&pod.source, &status).await;
             }
         }
     }

@@ -120,11 +120,13 @@ fn is_sidecar(c: &k8s::Container) -> bool {
     c.restart_policy.as_deref() == Some("Always")
 }
 
-/// Admits the pod, then makes its QoS cgroups, volumes and sandbox; the containers follow
-/// in [`sync`]. A pod the node does not fit is returned refused, without a sandbox, so its
-/// status can say why.
+/// Admits the pod, then makes its QoS cgroups, volumes (`claims`: its persistentVolumeClaims
+/// as resolved by the API side) and sandbox; the containers follow in [`sync`]. A pod the
+/// node does not fit is returned refused, without a sandbox, so its status can say why. On
+/// an error nothing is left mounted and the sync loop reports the error in the pod's status
+/// (a volume's as `ContainerCreating`) and tries again next round.
 #[tracing::instrument(skip_all, fields(pod = %source.name(), uid = %source.uid))]
-pub async fn start(cri: &Arc<Cri>, node: &Arc<NodeInfo>, pods_dir: PathBuf, source: DesiredPod) -> Result<RunningPod, AgentError> {
+pub async fn start(cri: &Arc<Cri>, node: &Arc<NodeInfo>, pods_dir: PathBuf, source: DesiredPod, claims: &volumes::Claims) -> Result<RunningPod, AgentError> {
     let spec = source.pod.spec.clone().unwrap_or_default();
     let uid = source.uid.clone();
     let pod_dir = pods_dir.join(&uid);
@@ -134,7 +136,7 @@ pub async fn start(cri: &Arc<Cri>, node: &Arc<NodeInfo>, pods_dir: PathBuf, sour
         std::fs::create_dir_all(&pod_dir).map_err(|e| AgentError::Volume(format!("cannot create {}: {e}", pod_dir.display())))?;
         return Ok(new_pod(source, node, String::new(), Default::default(), pv, HashMap::new(), pod_dir, Some(rejection)));
     }
-    let wanted = volumes::convert(&spec, &volumes::Claims::new(), &source.config).map_err(AgentError::Invalid)?;
+    let wanted = volumes::convert(&spec, claims, &source.config).map_err(AgentError::Invalid)?;
     let class = qos::class(&spec);
     let (pod, node2) = (source.pod.clone(), node.clone());
     let (pod_volumes, volume_paths) = tokio::task::spawn_blocking(move || {
@@ -216,9 +218,16 @@ async fn sandbox_ips(cri: &Arc<Cri>, id: &str) -> Vec<String> {
 /// by name, the newest attempt of each being the current one. Any app container means the
 /// pod was initialized.
 #[tracing::instrument(skip_all, fields(pod = %source.name(), sandbox = %sandbox_id))]
-pub async fn adopt(cri: &Arc<Cri>, node: &Arc<NodeInfo>, pods_dir: PathBuf, source: DesiredPod, sandbox_id: String) -> Result<RunningPod, AgentError> {
+pub async fn adopt(
+    cri: &Arc<Cri>,
+    node: &Arc<NodeInfo>,
+    pods_dir: PathBuf,
+    source: DesiredPod,
+    claims: &volumes::Claims,
+    sandbox_id: String,
+) -> Result<RunningPod, AgentError> {
     let spec = source.pod.spec.clone().unwrap_or_default();
-    let wanted = volumes::convert(&spec, &volumes::Claims::new(), &source.config).map_err(AgentError::Invalid)?;
+    let wanted = volumes::convert(&spec, claims, &source.config).map_err(AgentError::Invalid)?;
     let uid = source.uid.clone();
     let pod_dir = pods_dir.join(&uid);
     let (pod, node2) = (source.pod.clone(), node.clone());

@@ -10,7 +10,9 @@ use cri_proto::v1;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::desired::DesiredPod;
 use super::init_containers;
+use super::node_info::NodeInfo;
 use super::pod_sync::{RunningPod, Tracked};
 use super::qos;
 
@@ -76,6 +78,48 @@ pub fn pod_status(pod: &RunningPod, cri: &HashMap<String, v1::ContainerStatus>) 
     status.pod_ip = pod_ips.first().cloned();
     status.pod_ips = (!pod_ips.is_empty()).then(|| pod_ips.iter().map(|ip| k8s::PodIP { ip: ip.clone() }).collect());
     status
+}
+
+/// A pod that could not be started (a volume that cannot be set up, a missing ConfigMap):
+/// Pending, every container waiting with the failure's reason and message, as kubelet shows
+/// a pod stuck in ContainerCreating. No start time: the start is still to come, and a
+/// status that does not change is not sent again.
+pub fn not_started(source: &DesiredPod, node: &NodeInfo, reason: &str, message: &str) -> k8s::PodStatus {
+    let spec = source.pod.spec.clone().unwrap_or_default();
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let waiting = |c: &k8s::Container| k8s::ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        started: Some(false),
+        state: Some(k8s::ContainerState {
+            waiting: Some(k8s::ContainerStateWaiting { reason: Some(reason.into()), message: Some(message.into()) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let names = |cs: &[k8s::Container]| cs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(" ");
+    let condition = |type_: &str, ok: bool, reason: &str, what: &str, names: String| k8s::PodCondition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: (!ok).then(|| reason.to_string()),
+        message: (!ok).then(|| format!("containers with {what} status: [{names}]")),
+        ..Default::default()
+    };
+    k8s::PodStatus {
+        phase: Some("Pending".into()),
+        qos_class: Some(qos::class(&spec).name().into()),
+        host_ip: node.host_ips.first().cloned(),
+        host_ips: (!node.host_ips.is_empty()).then(|| node.host_ips.iter().map(|ip| k8s::HostIP { ip: ip.clone() }).collect()),
+        conditions: Some(vec![
+            condition("PodScheduled", true, "", "", String::new()),
+            condition("Initialized", inits.is_empty(), "ContainersNotInitialized", "incomplete", names(&inits)),
+            condition("ContainersReady", false, "ContainersNotReady", "unready", names(&spec.containers)),
+            condition("Ready", false, "ContainersNotReady", "unready", names(&spec.containers)),
+        ]),
+        init_container_statuses: (!inits.is_empty()).then(|| inits.iter().map(waiting).collect()),
+        container_statuses: Some(spec.containers.iter().map(waiting).collect()),
+        ..Default::default()
+    }
 }
 
 /// Kubelet's phase: Pending until initialized (Failed if an init container failed under
@@ -309,6 +353,23 @@ mod tests {
         let cs = st.container_statuses.unwrap();
         assert_eq!((cs[0].name.as_str(), cs[0].ready, cs[0].started), ("probed", false, Some(true)));
         assert_eq!((cs[1].name.as_str(), cs[1].ready), ("plain", true));
+    }
+
+    #[test]
+    fn pods_that_cannot_start_are_pending_with_the_cause() {
+        let manifest = serde_json::json!({"metadata": {"name": "db"}, "spec": {"containers": [{"name": "main", "image": "i"}]}});
+        let source = DesiredPod::from_api(serde_json::from_value(manifest).unwrap());
+        let node = NodeInfo { host_ips: vec!["10.0.0.5".into()], ..Default::default() };
+        let st = not_started(&source, &node, "ContainerCreating", "volume \"data\": not bound");
+        assert_eq!((st.phase.as_deref(), st.host_ip.as_deref(), st.start_time.as_ref()), (Some("Pending"), Some("10.0.0.5"), None));
+        let waiting = st.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
+        assert_eq!((waiting.reason.as_deref(), waiting.message.as_deref()), (Some("ContainerCreating"), Some("volume \"data\": not bound")));
+        assert_eq!(condition_status(&st.conditions, "Ready"), Some("False".into()));
+        assert_eq!(condition_status(&st.conditions, "Initialized"), Some("True".into()));
+    }
+
+    fn condition_status(conditions: &Option<Vec<k8s::PodCondition>>, kind: &str) -> Option<String> {
+        conditions.iter().flatten().find(|c| c.type_ == kind).map(|c| c.status.clone())
     }
 
     #[test]

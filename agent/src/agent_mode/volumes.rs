@@ -39,10 +39,9 @@ pub enum Content {
     Files(Vec<projected::File>),
 }
 
-/// What a persistentVolumeClaim is bound to, as resolved by a pod source that can read
-/// claims and PersistentVolumes (the API server); static pods have none.
+/// What a persistentVolumeClaim is bound to, as resolved from the API server
+/// ([`super::api::claims`]); static pods have none.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // made once the API pod source resolves claims (PVC and PV look-ups), which it does not yet
 pub enum ClaimSource {
     /// A `local` PersistentVolume: a path (directory or block device) on this node.
     Local(Local),

@@ -1,12 +1,15 @@
 //! Agent mode's API-server half, on when `[agent] kubeconfig` is set: the node registers
 //! itself ([`node_registration`]), renews its Lease ([`lease`]), runs the pods bound to it
-//! ([`pod_source`]) with the ConfigMaps and Secrets they reference ([`config_objects`]), and
-//! reports their status back ([`pod_status`]).
+//! ([`pod_source`]) with the ConfigMaps and Secrets they reference ([`config_objects`]) and
+//! the local PersistentVolumes their claims are bound to ([`claims`]), and reports their
+//! status back ([`pod_status`], with [`events`] for volumes that cannot be set up).
 //!
 //! Each concern is its own task or call; they share one `kube::Client` built from the
 //! kubeconfig file (its current context), plain `http://` servers included.
 
+pub mod claims;
 pub mod config_objects;
+pub mod events;
 pub mod lease;
 pub mod node_registration;
 pub mod pod_deletion;

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1 as k8s;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::status_code;
-use crate::agent_mode::pod_sync::RunningPod;
+use crate::agent_mode::desired::DesiredPod;
 
 pub struct Reporter {
     client: kube::Client,
@@ -26,23 +26,32 @@ impl Reporter {
         Reporter { client, sent: HashMap::new() }
     }
 
-    /// Sends `status` for `pod` if it differs from what was last accepted.
-    #[tracing::instrument(skip_all, fields(pod = %pod.source.name(), namespace = %pod.source.namespace(), uid = %pod.source.uid))]
-    pub async fn report(&mut self, pod: &RunningPod, status: &k8s::PodStatus) {
-        let body = patch_body(&pod.source.uid, status);
-        if self.sent.get(&pod.source.uid) == Some(&body) {
-            return;
+    /// Sends `status` for `pod` (running, or failing to start) if it differs from what was
+    /// last accepted; `true` when it was sent and accepted now.
+    #[tracing::instrument(skip_all, fields(pod = %pod.name(), namespace = %pod.namespace(), uid = %pod.uid))]
+    pub async fn report(&mut self, pod: &DesiredPod, status: &k8s::PodStatus) -> bool {
+        let body = patch_body(&pod.uid, status);
+        if self.sent.get(&pod.uid) == Some(&body) {
+            return false;
         }
-        let pods: Api<k8s::Pod> = Api::namespaced(self.client.clone(), pod.source.namespace());
-        match super::bounded(pods.patch_status(pod.source.name(), &PatchParams::default(), &Patch::Strategic(&body))).await {
+        let pods: Api<k8s::Pod> = Api::namespaced(self.client.clone(), pod.namespace());
+        match super::bounded(pods.patch_status(pod.name(), &PatchParams::default(), &Patch::Strategic(&body))).await {
             Ok(_) => {
                 tracing::debug!(phase = status.phase.as_deref().unwrap_or_default(), "pod status sent");
-                self.sent.insert(pod.source.uid.clone(), body);
+                self.sent.insert(pod.uid.clone(), body);
+                return true;
             }
             // Gone, or a new pod by that name (uid precondition): the watch will say so.
             Err(e) if matches!(status_code(&e), Some(404 | 409)) => tracing::debug!(error = %e, "pod status not taken"),
             Err(e) => tracing::warn!(error = %e, "cannot send the pod's status; retrying next sync"),
         }
+        false
+    }
+
+    /// Drops what was sent for pods no longer desired nor run (a pod that never started
+    /// is never removed, so [`Reporter::forget`] is not called for it).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.sent.retain(|uid, _| keep(uid));
     }
 
     /// Drops what was sent for a pod that is no longer run here.
