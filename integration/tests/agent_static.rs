@@ -5,7 +5,8 @@
 //! restarted) and Always (restarted after back-off, counted); a sandbox stopped from outside
 //! is made again; a daemon restart adopts the pods; an edited file replaces the pod, a
 //! removed one removes it and every mount it had; a broken file is logged by name and
-//! skipped. No CNI here: the server's readiness httpGet probe reaches its 127.0.0.1 port
+//! skipped; a static pod naming a persistentVolumeClaim is refused, naming the volume and
+//! the claim, and never gets a sandbox. No CNI here: the server's readiness httpGet probe reaches its 127.0.0.1 port
 //! through the pod's network namespace.
 
 use std::collections::HashMap;
@@ -135,6 +136,13 @@ async fn static_pods_follow_their_manifest_files() {
     let scratch = tempfile::Builder::new().prefix("capstan-agent-host-").tempdir().unwrap();
     // A broken file beside the good ones: logged by name, skipped.
     std::fs::write(manifests.path().join("broken.yaml"), "apiVersion: v1\nkind: Pod\nspec: [not a spec\n").unwrap();
+    // Static pods may not use API objects: a claim is refused by name.
+    let claimer = manifests.path().join("claimer.yaml");
+    let claimer_pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: claimer}}\nspec:\n  containers: [{{name: c, image: {image:?}, volumeMounts: [{{name: data, mountPath: /data}}]}}]\n  \
+         volumes: [{{name: data, persistentVolumeClaim: {{claimName: fast}}}}]\n"
+    );
+    std::fs::write(&claimer, claimer_pod).unwrap();
     let options = DaemonOptions {
         config_toml: format!(
             "[agent]\nenabled = true\nmanifest_dir = {:?}\nnode_name = {NODE:?}\nsync_period_seconds = 1\n",
@@ -293,7 +301,12 @@ async fn static_pods_follow_their_manifest_files() {
     assert!(!pods_dir.join(&meta.uid).exists(), "old pod directory left");
     t.wait_containers(&web2.id, "new pod's server running", |c| running(c.get("server"))).await;
 
+    assert!(t.sandboxes("claimer-testnode").await.is_empty(), "a static pod with a claim got a sandbox");
+    let refused = "volume \"data\": persistentVolumeClaim \"fast\": static pods may not reference API objects";
+    assert!(t.daemon.log().contains(refused), "claim not refused by name; log:\n{}", t.daemon.log());
+
     // Removing the files removes everything: sandboxes, containers, mounts, directories.
+    std::fs::remove_file(&claimer).unwrap();
     std::fs::remove_file(&web_file).unwrap();
     std::fs::remove_file(&crash_file).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
