@@ -6,6 +6,8 @@
 #
 #   bash integration/bench/vs-containerd.sh [--iterations N] [--rounds R] [--parallel K]... [--capstan-only|--containerd-only] [--debug]
 #
+# CAPSTAN_BENCH_WRAP (see below) puts the daemon under strace or perf to see where time goes.
+#
 # Prints each runtime's per-step median/p95/max, the ratio containerd/capstan per step,
 # parallel start figures and RSS (daemon; per pod: capstan-monitor vs containerd-shim).
 set -euo pipefail
@@ -57,6 +59,8 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   # containerd's shims and pods outlive containerd by design: remove what this run made.
   pkill -9 -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $WORK" 2>/dev/null
+  # A daemon under CAPSTAN_BENCH_WRAP is the wrapper's child, not ours.
+  pkill -9 -f "$BIN/capstan --config $WORK/" 2>/dev/null
   findmnt -rn -o TARGET | grep "^$WORK" | sort -r | xargs -r -n1 umount -l 2>/dev/null
   for br in capb0 capb1; do ip link del "$br" 2>/dev/null; done
   # iptables rules and chains this run's CNI networks added (and only those).
@@ -128,7 +132,10 @@ bin_dirs = ["/usr/lib/cni"]
 [security]
 log_roots = ["$WORK/logs"]
 TOML
-"$BIN/capstan" --config "$WORK/capstan/config.toml" 2>"$WORK/capstan/log" &
+# CAPSTAN_BENCH_WRAP runs the daemon under a profiler, e.g.
+# CAPSTAN_BENCH_WRAP="strace -f -tt -T -o /tmp/capstan.strace" or "perf record -g -o /tmp/perf.data".
+# shellcheck disable=SC2086
+${CAPSTAN_BENCH_WRAP:-} "$BIN/capstan" --config "$WORK/capstan/config.toml" 2>"$WORK/capstan/log" &
 PIDS+=($!)
 
 ENDPOINTS=("capstan=$WORK/capstan/capstan.sock")

@@ -87,16 +87,22 @@ fn leftovers(needle: &str) -> Vec<String> {
     }
     let hierarchies = std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten().map(|h| h.path());
     for hierarchy in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(hierarchies) {
-        let dir = hierarchy.join("capstan");
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().contains(needle) {
-                    found.push(format!("cgroup: {}", e.path().display()));
-                }
-            }
-        }
+        cgroups_named(&hierarchy.join("capstan"), needle, &mut found);
     }
     found
+}
+
+/// Cgroups at any depth below `dir` (pods hold their containers' cgroups) whose name has `needle`.
+fn cgroups_named(dir: &Path, needle: &str, found: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name().to_string_lossy().contains(needle) {
+            found.push(format!("cgroup: {}", e.path().display()));
+        }
+        cgroups_named(&e.path(), needle, found);
+    }
 }
 
 /// Whether the host has a pure cgroup v2 hierarchy (the VM lane) rather than v1 controllers.
@@ -790,15 +796,24 @@ async fn failures_half_way_leave_nothing_behind() {
     assert_daemon_holds_nothing(&env.daemon);
     std::fs::remove_file(&broken).unwrap();
 
-    // The name is free again; a container whose command does not exist fails in create.
+    // The name is free again. A container whose command does not exist fails to start (as
+    // in containerd: CreateContainer runs nothing); it is left exited with the cause, and
+    // nothing of the failed launch stays.
     let pod = env.pod("halfway").await;
     let request = |c: v1::ContainerConfig, pod_id: &str| v1::CreateContainerRequest {
         pod_sandbox_id: pod_id.into(),
         config: Some(c),
         sandbox_config: Some(pod.1.clone()),
     };
-    let err = env.rt.create_container(request(container("nope", &env.busybox, &["/no/such/binary"]), &pod.0)).await.unwrap_err();
+    let nope = env.create(&pod, container("nope", &env.busybox, &["/no/such/binary"])).await;
+    let err = env.rt.start_container(v1::StartContainerRequest { container_id: nope.clone() }).await.unwrap_err();
     assert!(err.message().contains("/no/such/binary") || err.message().contains("executable"), "{err:?}");
+    let s = env.status(&nope).await;
+    assert_eq!((s.state, s.reason.as_str(), s.exit_code), (v1::ContainerState::ContainerExited as i32, "StartError", 128), "{s:?}");
+    assert!(s.message.contains("/no/such/binary") || s.message.contains("executable"), "{s:?}");
+    let cgroups: Vec<String> = leftovers(&nope).into_iter().filter(|l| l.contains("cgroup")).collect();
+    assert!(cgroups.is_empty(), "the failed launch left {cgroups:?}");
+    env.rt.remove_container(v1::RemoveContainerRequest { container_id: nope }).await.unwrap();
     let err = env.rt.create_container(request(container("img", "127.0.0.1:1/absent:1", &["true"]), &pod.0)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let err = env.rt.create_container(request(container("nopod", &env.busybox, &["true"]), "no-such-pod")).await.unwrap_err();

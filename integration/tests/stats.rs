@@ -238,6 +238,23 @@ async fn update_resources_reaches_the_v1_cgroup_and_the_status() {
     assert_eq!(file("cpu", "cpu.shares"), "256");
     let unknown = v1::UpdateContainerResourcesRequest { container_id: "e".repeat(64), linux: Some(Default::default()), ..Default::default() };
     assert_eq!(env.rt.update_container_resources(unknown).await.unwrap_err().code(), Code::NotFound);
+    // Created, not started: there is no cgroup yet (the monitor makes it at StartContainer);
+    // the update goes into the bundle and is in force once it starts.
+    let later = env.create(&pod, with_resources(container("later", &env.busybox, &["sleep", "3600"]), initial.clone())).await;
+    let update = v1::UpdateContainerResourcesRequest {
+        container_id: later.clone(),
+        linux: Some(v1::LinuxContainerResources { memory_limit_in_bytes: (96 * MIB) as i64, cpu_shares: 300, ..Default::default() }),
+        ..Default::default()
+    };
+    env.rt.update_container_resources(update).await.unwrap_or_else(|e| panic!("{e}\n{}", env.daemon.log()));
+    let now = env.status(&later).await.resources.unwrap().linux.unwrap();
+    assert_eq!((now.memory_limit_in_bytes, now.cpu_shares, now.cpu_quota), ((96 * MIB) as i64, 300, 50_000));
+    env.rt.start_container(v1::StartContainerRequest { container_id: later.clone() }).await.unwrap();
+    let later_file = |ctrl: &str, name: &str| cgroup_file(&format!("/sys/fs/cgroup/{ctrl}"), &pod.0, &later, name);
+    assert_eq!(later_file("memory", "memory.limit_in_bytes"), (96 * MIB).to_string());
+    assert_eq!(later_file("cpu", "cpu.shares"), "300");
+    assert_eq!(later_file("cpu", "cpu.cfs_quota_us"), "50000", "what the update left unset stays as created");
+
     let done = env.run(&pod, container("done", &env.busybox, &["true"])).await;
     env.wait_exited(&done).await;
     let exited = v1::UpdateContainerResourcesRequest { container_id: done, linux: Some(Default::default()), ..Default::default() };

@@ -12,8 +12,9 @@
 //!   (monitor, infra, namespaces, pod cgroup), `:after_network` (CNI ADD),
 //!   `:after_ready` (record says ready, reply not sent).
 //! - CreateContainer: `create_container:after_record`, `:after_rootfs` (overlay mounted),
-//!   `:after_bundle` (config.json written), `:after_monitor_create` (libcontainer create).
-//! - StartContainer: `start_container:before_start`, `:after_start`.
+//!   `:after_bundle` (config.json written), `:after_status` (status `Created` written).
+//! - StartContainer: `start_container:after_monitor_create` (libcontainer create),
+//!   `:before_start`, `:after_start`.
 //! - StopContainer: `stop_container:before_stop`, `:after_stop`.
 //! - RemoveContainer: `remove_container:after_stop`, `:after_monitor_remove`,
 //!   `:after_unmount`, `:after_record_removed`.

@@ -32,6 +32,9 @@ pub struct Runtime {
     images: image::ImageStore,
     pub(crate) stats: stats::StatsCache,
     pub(crate) events: events::Events,
+    /// Which host paths pods may log to and mount, resolved once (canonicalising the roots
+    /// on every call was a visible part of RunPodSandbox and CreateContainer).
+    pub(crate) host_paths: host_paths::HostPaths,
 }
 
 impl Runtime {
@@ -46,7 +49,8 @@ impl Runtime {
         sandbox::report_monitors(&sandboxes);
         let images = image::ImageStore::open(&options.root_dir, options.images.clone())?;
         let events = events::Events::new(&containers, &sandboxes);
-        Ok(Runtime { options, sandboxes, containers, images, stats: stats::StatsCache::default(), events })
+        let host_paths = host_paths::HostPaths::new(&options);
+        Ok(Runtime { options, sandboxes, containers, images, stats: stats::StatsCache::default(), events, host_paths })
     }
 
     pub fn options(&self) -> &RuntimeOptions {

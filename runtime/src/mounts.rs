@@ -22,6 +22,30 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Whether `path` is the root of a mount (bind mounts included). One statx call
+/// (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8) instead of reading mountinfo, which grows with every
+/// pod; older kernels get the mountinfo answer. A missing path is no mount point.
+pub fn is_mount_point(path: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    const MOUNT_ROOT: u64 = 0x2000;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("path {} contains a NUL byte", path.display())))?;
+    // Safety: statx only writes into `stx`, a plain C struct for which zero is valid.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statx(libc::AT_FDCWD, c_path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, 0, &mut stx) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(false);
+        }
+        return Err(Error::Io { context: "cannot stat", path: path.to_path_buf(), source: e });
+    }
+    if stx.stx_attributes_mask & MOUNT_ROOT != 0 {
+        return Ok(stx.stx_attributes & MOUNT_ROOT != 0);
+    }
+    Ok(mounts_under(path)?.iter().any(|m| m == path))
+}
+
 /// Lazily unmounts everything at or below `dir`.
 pub fn unmount_under(dir: &Path) -> Result<()> {
     for mount in mounts_under(dir)? {
@@ -74,6 +98,22 @@ mod tests {
         assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn mount_points_are_told_apart_from_plain_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, bound) = (dir.path().join("plain"), dir.path().join("bound"));
+        std::fs::create_dir_all(&plain).unwrap();
+        std::fs::create_dir_all(&bound).unwrap();
+        assert!(is_mount_point(Path::new("/")).unwrap());
+        assert!(!is_mount_point(&plain).unwrap());
+        assert!(!is_mount_point(&dir.path().join("missing")).unwrap());
+        // A bind mount of the same filesystem: st_dev alone would miss it.
+        nix::mount::mount(Some(&plain), &bound, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).unwrap();
+        let mounted = is_mount_point(&bound);
+        let _ = nix::mount::umount2(&bound, MntFlags::MNT_DETACH);
+        assert!(mounted.unwrap());
     }
 
     #[test]

@@ -149,6 +149,9 @@ async fn timed<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
 }
 
 async fn lifecycle(rt: &mut RuntimeServiceClient<Channel>, args: &Args, name: &str, steps: &mut Steps) -> Result<(), tonic::Status> {
+    // An empty call: the transport's floor (gRPC over the unix socket, both ends), which
+    // the cheap steps (ContainerStatus, ImageStatus) cannot go below.
+    timed(steps, "0 Version", rt.version(v1::VersionRequest::default())).await?;
     let config = sandbox_config(args, name);
     let pod = timed(steps, "1 RunPodSandbox", rt.run_pod_sandbox(v1::RunPodSandboxRequest {
         config: Some(config.clone()),

@@ -1,16 +1,20 @@
 //! CreateContainer: validate → reserve the name in the pod → resolve the image → record →
-//! rootfs → OCI spec → bundle → the monitor creates it (libcontainer create). A failure
-//! unwinds through the same path RemoveContainer takes.
+//! rootfs → OCI spec → bundle → status `Created`. A failure unwinds through the same path
+//! RemoveContainer takes.
+//!
+//! As in containerd, nothing runs yet: the monitor's libcontainer create (namespaces,
+//! cgroup, mounts, the init waiting to exec) happens in StartContainer, so an error of the
+//! container's own set-up shows there, and a container that is never started costs no
+//! process and no cgroup.
 
 use std::path::{Path, PathBuf};
 
-use cri_proto::monitor::{CreateContainer, Request};
+use cri_proto::monitor::{ContainerPhase, ContainerRecord as RuntimeStatus};
 use cri_proto::v1;
 use tracing::Instrument;
 
 use super::prepare::{ResolvedImage, SpecContext, stop_signal};
 use super::store::{Container, ContainerRecord};
-use crate::monitor::client;
 use crate::sandbox::SandboxRecord;
 use crate::{Error, Result, Runtime};
 
@@ -78,7 +82,7 @@ impl Runtime {
         config: v1::ContainerConfig,
         image: &str,
     ) -> Result<(ContainerRecord, ResolvedImage)> {
-        let rules = crate::host_paths::HostPaths::new(self.options());
+        let rules = &self.host_paths;
         let log_path = log_path(&pod.config.log_directory, &config.log_path)?;
         if let Some(file) = &log_path {
             rules.check_container_log(&pod.config.log_directory, file)?;
@@ -129,17 +133,21 @@ impl Runtime {
         let spec_path = bundle.join("config.json");
         spec.save(&spec_path).map_err(|e| Error::Internal(format!("cannot write {}: {e}", spec_path.display())))?;
         crate::crashpoint::hit("create_container:after_bundle");
-        let create = CreateContainer {
+        // The status file is the commit point: start-up recovery undoes a container without one.
+        let status = RuntimeStatus {
             id: record.id.clone(),
-            bundle,
-            status_path: record.status_path(),
-            log_path: record.log_path.clone(),
-            description: format!("{}/{}", record.pod_id, record.metadata().name),
-            stdin: record.config.stdin,
-            stdin_once: record.config.stdin_once,
+            phase: ContainerPhase::Created,
+            pid: None,
+            created_at: record.created_at,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
         };
-        client::call(&pod.pod_dir, &Request::Create(create), client::CALL_TIMEOUT).await?;
-        crate::crashpoint::hit("create_container:after_monitor_create");
+        let path = record.status_path();
+        crate::atomic::replace_json(&path, &status).map_err(Error::io("cannot write container status", &path))?;
+        crate::crashpoint::hit("create_container:after_status");
         Ok(())
     }
 }

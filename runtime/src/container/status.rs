@@ -28,7 +28,7 @@ pub(super) fn save_user(dir: &std::path::Path, spec: &oci_spec::runtime::Spec) -
         supplemental_groups: user.additional_gids().iter().flatten().map(|g| i64::from(*g)).collect(),
     };
     let path = dir.join(USER_FILE);
-    crate::atomic::write_json(&path, &run_as).map_err(crate::Error::io("cannot write", &path))
+    crate::atomic::replace_json(&path, &run_as).map_err(crate::Error::io("cannot write", &path))
 }
 
 /// `None` for containers created before the file existed (or when it cannot be read).
@@ -61,6 +61,8 @@ impl Runtime {
             // Being created (or a create that crashed and awaits cleanup).
             return Observed { state: v1::ContainerState::ContainerUnknown as i32, ..Default::default() };
         };
+        // A container never started has nothing the monitor could have lost.
+        let launched = super::store::launched(Some(&s));
         let mut o = Observed {
             state: match s.phase {
                 ContainerPhase::Created => v1::ContainerState::ContainerCreated,
@@ -76,7 +78,7 @@ impl Runtime {
         };
         let pod = self.sandboxes.get(&c.record.pod_id).map(|p| p.record());
         let monitor = pod.as_ref().and_then(|p| p.monitor.clone());
-        if s.phase != ContainerPhase::Exited && !monitor.as_ref().is_some_and(crate::monitor::is_alive) {
+        if launched && s.phase != ContainerPhase::Exited && !monitor.as_ref().is_some_and(crate::monitor::is_alive) {
             o.state = v1::ContainerState::ContainerExited as i32;
             o.exit_code = 255;
             o.finished_at = o.finished_at.max(o.started_at);

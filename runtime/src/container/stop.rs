@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cri_proto::monitor::Request;
 
-use super::store::{Container, has_exited};
+use super::store::{Container, has_exited, launched};
 use crate::monitor::client;
 use crate::sandbox::SandboxRecord;
 use crate::{Result, Runtime};
@@ -23,7 +23,8 @@ impl Runtime {
     /// Stops `c`; the caller holds its lock. Returns once it has exited.
     pub(crate) async fn stop_locked(&self, pod: &SandboxRecord, c: &Container, timeout_secs: i64) -> Result<()> {
         let status = c.record.runtime_status();
-        if status.is_none() || has_exited(&status) {
+        // A container never started stays created, as in containerd: nothing of it runs.
+        if !launched(status.as_ref()) || has_exited(&status) {
             return Ok(());
         }
         if !pod.monitor_alive() {

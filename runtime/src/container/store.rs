@@ -120,7 +120,7 @@ impl ContainerStore {
     /// Persists the record and makes the container visible.
     pub fn insert(&self, record: ContainerRecord) -> Result<Arc<Container>> {
         let path = record.dir.join(RECORD_FILE);
-        crate::atomic::write_json(&path, &record).map_err(Error::io("cannot write container record", &path))?;
+        crate::atomic::replace_json(&path, &record).map_err(Error::io("cannot write container record", &path))?;
         let c = Arc::new(Container { record, lock: tokio::sync::Mutex::new(()) });
         lock(&self.containers).insert(c.record.id.clone(), c.clone());
         Ok(c)
@@ -162,6 +162,12 @@ impl ContainerStore {
     pub fn of_pod(&self, pod_id: &str) -> Vec<Arc<Container>> {
         lock(&self.containers).values().filter(|c| c.record.pod_id == pod_id).cloned().collect()
     }
+}
+
+/// Whether the monitor has created it: CreateContainer only records it (phase `Created`,
+/// no pid); StartContainer has the monitor create and start it.
+pub fn launched(status: Option<&Runtime>) -> bool {
+    status.is_some_and(|s| s.pid.is_some() || s.phase != ContainerPhase::Created)
 }
 
 /// Whether the monitor's record says the container is done.

@@ -35,20 +35,46 @@ impl Runtime {
         // Nothing asked for Linux (a Windows-only request): nothing to do.
         let Some(asked) = asked else { return Ok(()) };
         let oci = crate::spec::resources::container_resources(Some(&asked), crate::spec::HostFacts::get(), None)?;
-        let cgroup = c.record.cgroup.clone();
+        let merged = merge(resources_in_force(&c.record), &asked);
+        if !super::store::launched(c.record.runtime_status().as_ref()) {
+            // No cgroup yet: the monitor creates it at StartContainer from the bundle.
+            update_bundle(&c.record, &merged)?;
+        } else {
+            self.update_cgroup(&c.record, oci).await?;
+        }
+        let path = resources_path(&c.record.dir);
+        crate::atomic::replace_json(&path, &merged).map_err(Error::io("cannot record the container's resources", &path))?;
+        tracing::info!(container_id = %c.record.id, resources = ?merged, "container resources updated");
+        Ok(())
+    }
+
+    async fn update_cgroup(&self, record: &ContainerRecord, oci: oci_spec::runtime::LinuxResources) -> Result<()> {
+        let cgroup = record.cgroup.clone();
         let manager = self.stats.manager(&cgroup).map_err(|e| Error::Internal(format!("cgroup {}: {e}", cgroup.display())))?;
         tokio::task::spawn_blocking(move || {
             let opt = ControllerOpt { resources: &oci, freezer_state: None, oom_score_adj: None, disable_oom_killer: false };
             manager.apply(&opt).map_err(|e| apply_error(&cgroup, &e.to_string()))
         })
         .await
-        .map_err(|e| Error::Internal(format!("cgroup update task failed: {e}")))??;
-        let merged = merge(resources_in_force(&c.record), &asked);
-        let path = resources_path(&c.record.dir);
-        crate::atomic::write_json(&path, &merged).map_err(Error::io("cannot record the container's resources", &path))?;
-        tracing::info!(container_id = %c.record.id, resources = ?merged, "container resources updated");
-        Ok(())
+        .map_err(|e| Error::Internal(format!("cgroup update task failed: {e}")))?
     }
+}
+
+/// Puts `merged` (everything in force) into the bundle of a container not started yet;
+/// device rules and the pids limit stay as created.
+fn update_bundle(record: &ContainerRecord, merged: &v1::LinuxContainerResources) -> Result<()> {
+    let full = crate::spec::resources::container_resources(Some(merged), crate::spec::HostFacts::get(), None)?;
+    let path = record.bundle().join("config.json");
+    let mut spec = oci_spec::runtime::Spec::load(&path).map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    resources.set_cpu(full.cpu().clone());
+    resources.set_memory(full.memory().clone());
+    resources.set_hugepage_limits(full.hugepage_limits().clone());
+    resources.set_unified(full.unified().clone());
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    spec.save(&path).map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
 }
 
 /// What the container runs with: the last update, else what it was created with.

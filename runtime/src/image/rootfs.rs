@@ -57,7 +57,7 @@ impl ImageStore {
         let store = &self.inner.store;
         let record = store.find(image).ok_or_else(|| Error::NotFound { kind: "image", id: image.to_string() })?;
         let rootfs = container_dir.join("rootfs");
-        if is_mount_point(&rootfs)? {
+        if crate::mounts::is_mount_point(&rootfs)? {
             return Ok(rootfs);
         }
         let (upper, work) = (container_dir.join("upper"), container_dir.join("work"));
@@ -147,10 +147,6 @@ fn mount_overlay(snapshots_dir: &Path, data: &str, target: &Path) -> Result<()> 
         Ok(Err(e)) => Err(Error::Io { context: "cannot mount overlay rootfs at", path: target.to_path_buf(), source: e.into() }),
         Err(_) => Err(Error::Internal("overlay mount thread panicked".into())),
     }
-}
-
-fn is_mount_point(path: &Path) -> Result<bool> {
-    Ok(crate::mounts::mounts_under(path)?.iter().any(|m| m == path))
 }
 
 #[cfg(test)]

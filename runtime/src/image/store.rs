@@ -345,7 +345,7 @@ impl Store {
     /// Records that a container's rootfs uses `diff_ids`, before it is mounted.
     pub fn hold_rootfs(&self, record: &RootfsRecord) -> Result<()> {
         let path = self.rootfs_record_path(&record.container_dir);
-        atomic::write_json(&path, record).map_err(Error::io("cannot write rootfs record", path))
+        atomic::replace_json(&path, record).map_err(Error::io("cannot write rootfs record", path))
     }
 
     pub fn rootfs_record(&self, container_dir: &Path) -> Option<RootfsRecord> {

@@ -31,7 +31,7 @@ pub fn binary() -> PathBuf {
 pub async fn spawn(binary: &Path, config: &MonitorConfig) -> Result<MonitorInfo> {
     let dir = &config.pod_dir;
     let config_path = dir.join(CONFIG_FILE);
-    crate::atomic::write_json(&config_path, config).map_err(Error::io("cannot write", &config_path))?;
+    crate::atomic::replace_json(&config_path, config).map_err(Error::io("cannot write", &config_path))?;
     let log_path = dir.join(LOG_FILE);
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -349,7 +349,7 @@ impl Ctr {
     }
 
     pub fn persist(&self) {
-        if let Err(e) = crate::atomic::write_json(&self.status_path, &self.record) {
+        if let Err(e) = crate::atomic::replace_json(&self.status_path, &self.record) {
             tracing::error!(container_id = %self.record.id, path = %self.status_path.display(), error = %e, "cannot persist container status");
         }
     }

@@ -100,7 +100,7 @@ fn listen_and_describe(config: &MonitorConfig, infra: &infra::Infra) -> Result<(
         infra_pid: infra.pid.map(|p| p.as_raw()),
         namespace_paths: infra.namespace_paths.clone(),
     };
-    crate::atomic::write_json(&config.pod_dir.join(STATE_FILE), &info).map_err(|e| format!("cannot write {STATE_FILE}: {e}"))?;
+    crate::atomic::replace_json(&config.pod_dir.join(STATE_FILE), &info).map_err(|e| format!("cannot write {STATE_FILE}: {e}"))?;
     Ok((listener, info))
 }
 

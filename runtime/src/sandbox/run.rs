@@ -63,7 +63,7 @@ impl Runtime {
                 )));
             }
         }
-        crate::host_paths::HostPaths::new(self.options()).check_log_directory(&config.log_directory)?;
+        self.host_paths.check_log_directory(&config.log_directory)?;
         let cgroups = PodCgroups::plan(self.options().cgroup_driver, &linux.cgroup_parent, id)?;
         // Decided now so the one record written before any work knows what to undo.
         let log_dir_created = !config.log_directory.is_empty() && !Path::new(&config.log_directory).exists();
