@@ -163,6 +163,8 @@ fn infra_main(config: &MonitorConfig, ready: &OwnedFd) -> isize {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
     }
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // It sleeps from here on: nothing of the set-up code needs to stay mapped.
+    super::trim::trim();
     loop {
         match waited.wait() {
             // As pid 1 of a shared pid namespace it inherits orphans: reap them.

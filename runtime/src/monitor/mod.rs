@@ -25,6 +25,7 @@ mod launch;
 pub mod logs;
 mod server;
 mod signals;
+mod trim;
 
 pub mod client;
 pub mod session;

@@ -37,6 +37,8 @@ pub struct Monitor {
     pub(super) conns: BTreeMap<u64, Conn>,
     next_conn: u64,
     exit: bool,
+    /// When the loop, idle since, gives memory back (`trim.rs`); `None` once it has.
+    trim_due: Option<Instant>,
 }
 
 pub(super) struct Conn {
@@ -88,6 +90,7 @@ impl Monitor {
             conns: BTreeMap::new(),
             next_conn: 0,
             exit: false,
+            trim_due: Some(Instant::now() + super::trim::IDLE),
         }
     }
 
@@ -103,6 +106,13 @@ impl Monitor {
                 }
             };
             self.fire_deadlines();
+            if ready.iter().any(|r| !r.is_empty()) {
+                self.trim_due = Some(Instant::now() + super::trim::IDLE);
+            } else if self.trim_due.is_some_and(|d| d <= Instant::now()) {
+                self.trim_due = None;
+                let dropped = super::trim::trim();
+                tracing::debug!(dropped_kib = dropped / 1024, "idle: dropped clean file pages and free heap");
+            }
             for (slot, revents) in slots.into_iter().zip(ready) {
                 if revents.is_empty() {
                     continue;
@@ -196,7 +206,7 @@ impl Monitor {
 
     fn next_deadline(&self) -> Option<Instant> {
         let stops = self.containers.values().filter_map(|c| c.kill_deadline);
-        stops.chain(self.session_deadlines()).min()
+        stops.chain(self.session_deadlines()).chain(self.trim_due).min()
     }
 
     /// Stop timeouts that ran out: SIGKILL everything in the container's cgroup.
