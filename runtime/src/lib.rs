@@ -32,6 +32,8 @@ pub struct Runtime {
     images: image::ImageStore,
     pub(crate) stats: stats::StatsCache,
     pub(crate) events: events::Events,
+    /// RemoveContainer's cleanups still running, by pod (see `container/trash.rs`).
+    pub(crate) removals: container::PendingRemovals,
 }
 
 impl Runtime {
@@ -46,7 +48,8 @@ impl Runtime {
         sandbox::report_monitors(&sandboxes);
         let images = image::ImageStore::open(&options.root_dir, options.images.clone())?;
         let events = events::Events::new(&containers, &sandboxes);
-        Ok(Runtime { options, sandboxes, containers, images, stats: stats::StatsCache::default(), events })
+        let removals = container::PendingRemovals::default();
+        Ok(Runtime { options, sandboxes, containers, images, stats: stats::StatsCache::default(), events, removals })
     }
 
     pub fn options(&self) -> &RuntimeOptions {
