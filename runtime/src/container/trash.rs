@@ -86,7 +86,8 @@ impl Runtime {
     /// holds the pod's lock shared, so whoever takes it exclusively finds the task.
     pub(crate) fn finish_removal_later(&self, trashed: Trashed) {
         let pod_id = trashed.record.pod_id.clone();
-        let span = tracing::info_span!("remove_container_cleanup", container_id = %trashed.record.id, pod_id = %pod_id);
+        // Its own root span: the task outlives the call that started it.
+        let span = tracing::info_span!(parent: None, "remove_container_cleanup", container_id = %trashed.record.id, pod_id = %pod_id);
         let work = finish(self.images().clone(), self.pod_record(&trashed), trashed);
         let task = tokio::spawn(
             async move {
