@@ -146,7 +146,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 let _ = rx.wait_for(|stop| *stop).await;
             };
             Some(
-                crate::metrics::http::serve(address, metrics.clone(), runtime, stop)
+                crate::metrics::http::serve(address, metrics.clone(), runtime.clone(), stop)
                     .await
                     .map_err(|e| ServerError::Metrics(address, e))?,
             )
@@ -188,6 +188,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
     }
     streaming.shutdown().await;
+    // Removed containers' cleanups (unmounts, cgroups): let them end rather than cut them
+    // short; whatever is left is finished at the next start.
+    runtime.wait_all_removals(std::time::Duration::from_secs(5)).await;
     drop(owner);
     tracing::info!("capstan stopped");
     Ok(())

@@ -323,8 +323,8 @@ impl Drop for OnePod {
 
 /// What the daemon of `daemon` still holds on this machine: mounts under its root or state
 /// dir, processes naming them (monitors, containers), cgroups of the pods listed in `pods`
-/// (ids), and records under `<root>/pods`, `<root>/containers`, `<state>/pods`. Empty when
-/// everything it made is gone.
+/// (ids), and records under `<root>/pods`, `<root>/containers` (and its trash), `<state>/pods`.
+/// Empty when everything it made is gone.
 pub fn daemon_leftovers(daemon: &Daemon, pods: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     let needles = [daemon.root().display().to_string(), daemon.state().display().to_string()];
@@ -351,11 +351,24 @@ pub fn daemon_leftovers(daemon: &Daemon, pods: &[String]) -> Vec<String> {
             }
         }
     }
-    for records in [daemon.root().join("pods"), daemon.root().join("containers"), daemon.state().join("pods")] {
+    for records in [daemon.root().join("pods"), daemon.state().join("pods")] {
         for e in std::fs::read_dir(&records).into_iter().flatten().flatten() {
             found.push(format!("file: {}", e.path().display()));
         }
     }
+    found.extend(container_dirs(daemon).iter().map(|d| format!("file: {}", d.display())));
+    found
+}
+
+/// The daemon's container directories: live ones under `<root>/containers` and removed ones
+/// whose cleanup has not finished, under `<root>/containers/.trash` (the trash itself stays).
+pub fn container_dirs(daemon: &Daemon) -> Vec<PathBuf> {
+    let containers = daemon.root().join("containers");
+    let trash = containers.join(".trash");
+    let entries = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    let mut found: Vec<PathBuf> = entries(&containers).into_iter().filter(|p| p != &trash).collect();
+    found.extend(entries(&trash));
+    found.sort();
     found
 }
 

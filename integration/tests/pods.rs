@@ -772,10 +772,12 @@ fn assert_daemon_holds_nothing(daemon: &Daemon) {
     let mut left = leftovers(&daemon.state().display().to_string());
     left.extend(leftovers(&daemon.root().display().to_string()));
     assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
-    for records in [daemon.root().join("pods"), daemon.root().join("containers"), daemon.state().join("pods")] {
+    for records in [daemon.root().join("pods"), daemon.state().join("pods")] {
         let n = std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0);
         assert_eq!(n, 0, "{} is not empty", records.display());
     }
+    let containers = capstan_integration::pods::container_dirs(daemon);
+    assert!(containers.is_empty(), "container directories left: {containers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -824,8 +826,8 @@ async fn failures_half_way_leave_nothing_behind() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let listed = env.rt.list_containers(v1::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
     assert!(listed.is_empty(), "{listed:?}");
-    let containers = std::fs::read_dir(env.daemon.root().join("containers")).unwrap().count();
-    assert_eq!(containers, 0, "container records of failed creates are gone");
+    let containers = capstan_integration::pods::container_dirs(&env.daemon);
+    assert!(containers.is_empty(), "container records of failed creates are gone: {containers:?}");
     // The same name works once the cause is fixed.
     let ok = env.run(&pod, container("nope", &env.busybox, &["true"])).await;
     assert_eq!(env.wait_exited(&ok).await.exit_code, 0);

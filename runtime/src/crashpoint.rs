@@ -16,8 +16,10 @@
 //! - StartContainer: `start_container:after_monitor_create` (libcontainer create),
 //!   `:before_start`, `:after_start`.
 //! - StopContainer: `stop_container:before_stop`, `:after_stop`.
-//! - RemoveContainer: `remove_container:after_stop`, `:after_monitor_remove`,
-//!   `:after_unmount`, `:after_record_removed`.
+//! - RemoveContainer: `remove_container:after_stop`, `:after_trash` (directory renamed into
+//!   `containers/.trash`, out of the index; cleanup not begun), then in the cleanup task
+//!   (inline when a pod or a failed create removes it): `:after_monitor_remove`,
+//!   `:after_unmount`, `:after_dir_removed`.
 //! - StopPodSandbox: `stop_pod_sandbox:after_kill_containers`, `:after_network`,
 //!   `:after_monitor`, `:after_record`.
 //! - RemovePodSandbox: `remove_pod_sandbox:after_stop`, `:after_containers`,

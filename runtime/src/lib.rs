@@ -35,6 +35,8 @@ pub struct Runtime {
     /// Which host paths pods may log to and mount, resolved once (canonicalising the roots
     /// on every call was a visible part of RunPodSandbox and CreateContainer).
     pub(crate) host_paths: host_paths::HostPaths,
+    /// RemoveContainer's cleanups still running, by pod (see `container/trash.rs`).
+    pub(crate) removals: container::PendingRemovals,
 }
 
 impl Runtime {
@@ -50,7 +52,8 @@ impl Runtime {
         let images = image::ImageStore::open(&options.root_dir, options.images.clone())?;
         let events = events::Events::new(&containers, &sandboxes);
         let host_paths = host_paths::HostPaths::new(&options);
-        Ok(Runtime { options, sandboxes, containers, images, stats: stats::StatsCache::default(), events, host_paths })
+        let removals = container::PendingRemovals::default();
+        Ok(Runtime { options, sandboxes, containers, images, stats: stats::StatsCache::default(), events, host_paths, removals })
     }
 
     pub fn options(&self) -> &RuntimeOptions {

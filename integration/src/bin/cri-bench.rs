@@ -65,6 +65,9 @@ struct Args {
 
 type Steps = BTreeMap<&'static str, Vec<Duration>>;
 
+/// How long parallel pods run before their memory is measured again.
+const SETTLE: Duration = Duration::from_secs(5);
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = match Cli::parse() {
@@ -276,15 +279,15 @@ async fn parallel(channel: &Channel, args: &Args, k: usize) -> Result<(), Box<dy
                 .await?
                 .into_inner()
                 .container_id;
-            rt.start_container(v1::StartContainerRequest { container_id: ctr }).await?;
-            Ok::<_, tonic::Status>(pod)
+            rt.start_container(v1::StartContainerRequest { container_id: ctr.clone() }).await?;
+            Ok::<_, tonic::Status>((pod, ctr))
         }));
     }
     let mut pods = Vec::new();
     let mut errors = 0;
     for t in tasks {
         match t.await {
-            Ok(Ok(pod)) => pods.push(pod),
+            Ok(Ok(started)) => pods.push(started),
             Ok(Err(e)) => {
                 errors += 1;
                 eprintln!("parallel start error: {e}");
@@ -297,10 +300,21 @@ async fn parallel(channel: &Channel, args: &Args, k: usize) -> Result<(), Box<dy
     }
     let wall = start.elapsed();
     println!("{:<8} parallel k={k:<4} start_wall_ms={:.1} per_pod_ms={:.2} errors={errors}", args.label, ms(wall), ms(wall) / k as f64);
-    print_rss(&args.label, &format!("with {k} pods"), &args.rss_process);
-    let start = Instant::now();
+    // Three moments of a pod's life: just started; settled (a pod spends most of its life
+    // idle); and just after an exec in every pod (what a liveness probe costs).
+    print_rss(&args.label, &format!("with {k} pods, just started"), &args.rss_process);
+    tokio::time::sleep(SETTLE).await;
+    print_rss(&args.label, &format!("with {k} pods, settled {}s", SETTLE.as_secs()), &args.rss_process);
     let mut rt = RuntimeServiceClient::new(channel.clone());
-    for pod in pods {
+    for (_, ctr) in &pods {
+        let exec = v1::ExecSyncRequest { container_id: ctr.clone(), cmd: vec!["true".into()], timeout: 10 };
+        if let Err(e) = rt.exec_sync(exec).await {
+            eprintln!("exec in a parallel pod failed: {e}");
+        }
+    }
+    print_rss(&args.label, &format!("with {k} pods, after an exec in each"), &args.rss_process);
+    let start = Instant::now();
+    for (pod, _) in pods {
         rt.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
         rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
     }

@@ -14,7 +14,9 @@ mod start;
 pub mod status;
 mod stop;
 pub mod store;
+mod trash;
 mod update;
 
 pub use exec_sync::ExecOutput;
 pub use store::{Container, ContainerRecord, ContainerStore};
+pub use trash::PendingRemovals;

@@ -43,14 +43,6 @@ impl Runtime {
             .map_err(|e| Error::Internal(format!("rootfs task failed: {e}")))?
     }
 
-    /// Unmounts the rootfs (if any) and releases the image's layers.
-    pub(crate) async fn unmount_rootfs(&self, container_dir: &Path) -> Result<()> {
-        let (images, dir) = (self.images().clone(), container_dir.to_path_buf());
-        tokio::task::spawn_blocking(move || images.unmount_rootfs(&dir))
-            .await
-            .map_err(|e| Error::Internal(format!("rootfs task failed: {e}")))?
-    }
-
     pub(crate) fn build_spec(&self, ctx: &SpecContext<'_>) -> Result<Spec> {
         let pod = ctx.pod;
         let namespaces = crate::spec::NamespacePaths::from_map(&pod.namespace_paths());

@@ -1,11 +1,10 @@
-//! RemoveContainer: a running container is killed first; then its cgroup and libcontainer
-//! state (by the monitor), rootfs, directory and name go. Removing a removed container is
-//! no error.
+//! RemoveContainer: a running container is killed first, before the answer (kubelet relies
+//! on it being dead). Then it disappears at once: its directory is renamed into the trash,
+//! its record and name are dropped, DELETED is reported, and the call answers. Its
+//! libcontainer state and cgroup (by the monitor), rootfs mount and directory go in a task
+//! (see `trash.rs`), the way containerd answers after deleting metadata and leaves the
+//! snapshot to its garbage collector. Removing a removed container is no error.
 
-use cri_proto::monitor::Request;
-
-use super::store::Container;
-use crate::monitor::client;
 use crate::{Error, Result, Runtime};
 
 impl Runtime {
@@ -16,40 +15,22 @@ impl Runtime {
             Err(Error::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let sandbox = self.sandboxes.get(&c.record.pod_id);
-        let _shared = match &sandbox {
-            Some(s) => Some(s.lock.read().await),
-            None => None,
+        let Some(sandbox) = self.sandboxes.get(&c.record.pod_id) else {
+            // Its pod is gone, and with it whoever would wait for a cleanup task: finish now.
+            let _lock = c.lock.lock().await;
+            self.forget_container(&c).await?;
+            tracing::info!(container_id = %c.record.id, "container of a removed pod removed");
+            return Ok(());
         };
+        let _shared = sandbox.lock.read().await;
         let _lock = c.lock.lock().await;
-        if let Some(s) = &sandbox {
-            self.stop_locked(&s.record(), &c, 0).await?;
-        }
+        self.stop_locked(&sandbox.record(), &c, 0).await?;
         crate::crashpoint::hit("remove_container:after_stop");
-        self.forget_container(&c).await?;
-        tracing::info!(container_id = %c.record.id, "container removed");
-        Ok(())
-    }
-
-    /// Deletes everything of a container; the caller holds its lock and it is not running.
-    pub(crate) async fn forget_container(&self, c: &Container) -> Result<()> {
-        let pod = self.sandboxes.get(&c.record.pod_id).map(|s| s.record());
-        let monitor = pod.as_ref().filter(|p| p.monitor_alive());
-        match monitor {
-            Some(pod) => {
-                client::call(&pod.pod_dir, &Request::Remove { id: c.record.id.clone() }, client::CALL_TIMEOUT).await?;
-            }
-            None => {
-                let cgroup = c.record.cgroup.clone();
-                let _ = tokio::task::spawn_blocking(move || crate::cgroups::kill_and_remove(&cgroup)).await;
-            }
+        // None: a concurrent removal took it while this call waited for the lock.
+        if let Some(trashed) = self.trash_container(&c)? {
+            self.finish_removal_later(trashed);
         }
-        crate::crashpoint::hit("remove_container:after_monitor_remove");
-        self.unmount_rootfs(&c.record.dir).await?;
-        crate::crashpoint::hit("remove_container:after_unmount");
-        self.containers.remove(c)?;
-        crate::crashpoint::hit("remove_container:after_record_removed");
-        self.container_event(&c.record.pod_id, &c.record.id, cri_proto::v1::ContainerEventType::ContainerDeletedEvent);
+        tracing::info!(container_id = %c.record.id, "container removed");
         Ok(())
     }
 }

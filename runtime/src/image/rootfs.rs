@@ -94,8 +94,15 @@ impl ImageStore {
     /// The upper and work dirs stay: they go with the container's directory. Unmounting an
     /// unmounted rootfs is not an error.
     pub fn unmount_rootfs(&self, container_dir: &Path) -> Result<()> {
+        self.unmount_moved_rootfs(container_dir, container_dir)
+    }
+
+    /// [`ImageStore::unmount_rootfs`] for a container directory renamed since the mount
+    /// (into the trash, see `container::store::trash_path`): the mount is under `now_at`,
+    /// the snapshots are held under the name `container_dir` had at mount time.
+    pub fn unmount_moved_rootfs(&self, container_dir: &Path, now_at: &Path) -> Result<()> {
         let store = &self.inner.store;
-        crate::mounts::unmount_under(&container_dir.join("rootfs"))?;
+        crate::mounts::unmount_under(&now_at.join("rootfs"))?;
         let held = store.rootfs_record(container_dir);
         store.release_rootfs(container_dir)?;
         // The image went while this container used it: its content can go now.

@@ -367,13 +367,15 @@ impl Store {
         self.rootfs_dir().join(format!("{}.json", &hash[..32]))
     }
 
-    /// Snapshots held by container rootfs whose directory still exists.
+    /// Snapshots held by container rootfs whose directory still exists, where it was
+    /// mounted or in the trash of removed containers (still mounted until their cleanup).
     fn rootfs_holds(&self) -> BTreeSet<String> {
         let mut held = BTreeSet::new();
+        let exists = |dir: &Path| dir.is_dir() || crate::container::store::trash_path(dir).is_some_and(|t| t.is_dir());
         for entry in std::fs::read_dir(self.rootfs_dir()).into_iter().flatten().flatten() {
             let path = entry.path();
             match atomic::read_json::<RootfsRecord>(&path) {
-                Ok(r) if r.container_dir.is_dir() => held.extend(r.diff_ids),
+                Ok(r) if exists(&r.container_dir) => held.extend(r.diff_ids),
                 // The container's directory is gone: nothing can use the mount any more.
                 Ok(_) => {
                     let _ = std::fs::remove_file(&path);
@@ -645,7 +647,13 @@ mod tests {
         assert!(!store.has_blob(&orphan.id));
         assert!(store.has_snapshot(&b.layers[1].diff_id));
         assert!(!store.has_snapshot(&b.layers[0].diff_id));
-        std::fs::remove_dir(&container).unwrap();
+        // Moved to the trash by RemoveContainer, it is still mounted: still held.
+        let trashed = crate::container::store::trash_path(&container).unwrap();
+        std::fs::create_dir_all(trashed.parent().unwrap()).unwrap();
+        std::fs::rename(&container, &trashed).unwrap();
+        store.gc().unwrap();
+        assert!(store.has_snapshot(&b.layers[1].diff_id), "a rootfs in the trash still holds");
+        std::fs::remove_dir(&trashed).unwrap();
         store.gc().unwrap();
         assert!(!store.has_snapshot(&b.layers[1].diff_id));
         assert!(store.remove(&b.id).unwrap().is_none(), "removing twice is fine");

@@ -45,7 +45,7 @@ impl Mapping {
 fn clean_file_ranges(smaps: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut current: Option<Mapping> = None;
-    let mut finish = |m: Option<Mapping>, out: &mut Vec<(usize, usize)>| {
+    let finish = |m: Option<Mapping>, out: &mut Vec<(usize, usize)>| {
         if let Some(m) = m.filter(|m| m.droppable && m.anonymous_kb == 0 && m.end > m.start) {
             out.push((m.start, m.end - m.start));
         }
@@ -63,20 +63,23 @@ fn clean_file_ranges(smaps: &str) -> Vec<(usize, usize)> {
     out
 }
 
-/// Drops the idle monitor's clean file pages and free heap; returns the bytes of mappings
-/// dropped.
+/// Returns free heap to the kernel, then drops the idle process' clean file pages; returns
+/// the bytes of mappings dropped. The dropping comes last: code run after it maps its pages
+/// (and, through fault-around, their neighbours) again.
 pub fn trim() -> usize {
+    // Safety: plain libc call; returns free arena memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
+    let ranges = clean_file_ranges(&smaps);
+    drop(smaps);
     let mut dropped = 0;
-    for (start, len) in clean_file_ranges(&smaps) {
+    for (start, len) in ranges {
         // Safety: the range is a whole private, read-only file mapping without anonymous
         // pages; MADV_DONTNEED only unmaps its pages, which fault back in from the file.
         if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
             dropped += len;
         }
     }
-    // Safety: plain libc call; returns free arena memory to the kernel.
-    unsafe { libc::malloc_trim(0) };
     dropped
 }
 

@@ -7,9 +7,12 @@ use super::store::SandboxState;
 use crate::Runtime;
 
 impl Runtime {
-    /// Unwinds pods still `Creating`, containers the monitor never created (no status
-    /// file) or whose pod is gone, and record directories holding no record.
+    /// Finishes container removals left in the trash, unwinds pods still `Creating`,
+    /// containers the monitor never created (no status file) or whose pod is gone, and
+    /// removes record directories holding no record.
     pub async fn recover(&self) {
+        // First what RemoveContainer had moved out of sight: it needs the pods' monitors.
+        self.sweep_trash().await;
         for sandbox in self.sandboxes.all() {
             if sandbox.record().state != SandboxState::Creating {
                 continue;
@@ -41,7 +44,7 @@ impl Runtime {
                 let Ok(entries) = std::fs::read_dir(&dir) else { continue };
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    if known.contains(&name) {
+                    if known.contains(&name) || name == crate::container::store::TRASH_DIR {
                         continue;
                     }
                     tracing::warn!(path = %entry.path().display(), "removing a directory no record owns");

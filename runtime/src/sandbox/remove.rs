@@ -1,4 +1,5 @@
-//! RemovePodSandbox: stop the pod if needed, remove its containers, unmount /dev/shm,
+//! RemovePodSandbox: stop the pod if needed, remove its containers (and finish removing
+//! those still in the trash), unmount /dev/shm,
 //! remove the pod dir, the pod cgroups it created, the log dir it created, and the record.
 //! Idempotent. Also the unwinding of a RunPodSandbox that failed half-way.
 
@@ -34,6 +35,10 @@ impl Runtime {
             let _c = c.lock.lock().await;
             self.forget_container(&c).await?;
         }
+        // Removed containers whose cleanup failed (or a crash cut short): the pod's cgroup
+        // can only go after theirs.
+        self.wait_removals(&sandbox.id).await;
+        self.finish_trash_of(&sandbox.id).await?;
         crate::crashpoint::hit("remove_pod_sandbox:after_containers");
         let record = sandbox.record();
         let cgroups = record.cgroups.clone();

@@ -1,5 +1,6 @@
-//! StopPodSandbox: kill the pod's containers (their exits are recorded), tear the network
-//! down (CNI DEL), then shut the monitor down, which removes the infra process, the pinned
+//! StopPodSandbox: wait until removed containers' cleanups are done with the monitor, kill
+//! the pod's containers (their exits are recorded), tear the network down (CNI DEL), then
+//! shut the monitor down, which removes the infra process, the pinned
 //! namespaces and the infra cgroup. Idempotent: a missing or stopped pod is no error.
 
 use std::time::Duration;
@@ -34,6 +35,8 @@ impl Runtime {
 
     /// Stops the pod; the caller holds its lock exclusively.
     pub(crate) async fn stop_sandbox_locked(&self, sandbox: &Sandbox, how: Teardown) -> Result<()> {
+        // Removed containers' cleanups ask the monitor to delete them: before it goes.
+        self.wait_monitor_steps(&sandbox.id).await;
         let record = sandbox.record();
         if record.monitor_alive() {
             for c in self.containers.of_pod(&record.id) {
