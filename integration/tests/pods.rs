@@ -826,7 +826,13 @@ async fn failures_half_way_leave_nothing_behind() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let listed = env.rt.list_containers(v1::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
     assert!(listed.is_empty(), "{listed:?}");
-    let containers = capstan_integration::pods::container_dirs(&env.daemon);
+    // The removed StartError container's directory goes in the background (`.trash`).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut containers = capstan_integration::pods::container_dirs(&env.daemon);
+    while !containers.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        containers = capstan_integration::pods::container_dirs(&env.daemon);
+    }
     assert!(containers.is_empty(), "container records of failed creates are gone: {containers:?}");
     // The same name works once the cause is fixed.
     let ok = env.run(&pod, container("nope", &env.busybox, &["true"])).await;
