@@ -69,7 +69,7 @@ fn update_bundle(record: &ContainerRecord, merged: &v1::LinuxContainerResources)
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut resources = linux.resources().clone().unwrap_or_default();
     resources.set_cpu(full.cpu().clone());
-    resources.set_memory(full.memory().clone());
+    resources.set_memory(*full.memory());
     resources.set_hugepage_limits(full.hugepage_limits().clone());
     resources.set_unified(full.unified().clone());
     linux.set_resources(Some(resources));
