@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cri_proto::monitor::Request;
 
-use super::store::{Container, has_exited, launched};
+use super::store::{Container, may_run};
 use crate::monitor::client;
 use crate::sandbox::SandboxRecord;
 use crate::{Result, Runtime};
@@ -24,7 +24,7 @@ impl Runtime {
     pub(crate) async fn stop_locked(&self, pod: &SandboxRecord, c: &Container, timeout_secs: i64) -> Result<()> {
         let status = c.record.runtime_status();
         // A container never started stays created, as in containerd: nothing of it runs.
-        if !launched(status.as_ref()) || has_exited(&status) {
+        if !may_run(&status) {
             return Ok(());
         }
         if !pod.monitor_alive() {

@@ -246,6 +246,12 @@ pub fn has_exited(status: &Option<Runtime>) -> bool {
     status.as_ref().is_some_and(|s| s.phase == ContainerPhase::Exited)
 }
 
+/// Whether something of it may run: the monitor created it and it has not exited. Only
+/// such a container has anything to stop.
+pub fn may_run(status: &Option<Runtime>) -> bool {
+    launched(status.as_ref()) && !has_exited(status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cri_proto::monitor::Request;
 
 use super::store::{Sandbox, SandboxRecord, SandboxState};
-use crate::container::store::has_exited;
+use crate::container::store::may_run;
 use crate::monitor::client;
 use crate::{Error, Result, Runtime};
 
@@ -41,7 +41,8 @@ impl Runtime {
         if record.monitor_alive() {
             for c in self.containers.of_pod(&record.id) {
                 let _c = c.lock.lock().await;
-                if has_exited(&c.record.runtime_status()) || c.record.runtime_status().is_none() {
+                // Created but never started: the monitor holds nothing of it.
+                if !may_run(&c.record.runtime_status()) {
                     continue;
                 }
                 let stop = Request::Stop { id: c.record.id.clone(), signal: libc::SIGKILL, timeout_ms: 0 };
