@@ -57,9 +57,38 @@ pub fn files_below(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// A free TCP port on 127.0.0.1, found by binding port 0 (the small window before the
-/// server binds it is acceptable for tests).
+/// A free TCP port on 127.0.0.1 for a server a test starts.
+///
+/// Chosen below the kernel's ephemeral range: a port from `bind(0)` can be taken, in the
+/// window before the server binds it, by any outgoing connection of a parallel test (each
+/// gets an ephemeral source port), and the server then fails with "address already in
+/// use". Below the range only another test's server can collide; callers that start a
+/// server retry on that (see [`registry::Registry`]).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.max(10_001));
+    // Spread parallel test processes apart: pid and clock pick the start, a counter the step.
+    let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    for _ in 0..1000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(7919);
+        let port = low + seed.wrapping_add(step) % (high - low);
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }

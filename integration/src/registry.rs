@@ -26,6 +26,17 @@ impl Registry {
     }
 
     async fn spawn(auth: Option<(String, String)>) -> Registry {
+        // A parallel test can bind the chosen port first; then pick another one.
+        for _ in 0..5 {
+            if let Some(registry) = Self::try_spawn(auth.clone()).await {
+                return registry;
+            }
+        }
+        panic!("docker-registry could not bind a free port in 5 tries");
+    }
+
+    /// `None` when the registry exited because its port was taken.
+    async fn try_spawn(auth: Option<(String, String)>) -> Option<Registry> {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install Debian's docker-registry (integration/run-tests.sh does)"
@@ -60,22 +71,50 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let mut registry = Registry { dir, port, child, auth };
-        registry.wait_ready().await;
-        registry
+        registry.wait_ready().await.then_some(registry)
     }
 
-    async fn wait_ready(&mut self) {
+    /// False when the registry exited because the port was in use.
+    async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited ({status}): {}", self.log());
+                let log = self.log();
+                if log.contains("address already in use") {
+                    return false;
+                }
+                panic!("docker-registry exited ({status}): {log}");
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
+            // The port answering is not enough: it may be the other server that took it.
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() && self.child_listens() {
+                return true;
             }
             assert!(Instant::now() < deadline, "docker-registry not ready in 20 s: {}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether one of the registry's own sockets is the listener on its port
+    /// (`/proc/net/tcp` LISTEN entry whose inode is among the child's fds).
+    fn child_listens(&self) -> bool {
+        let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+            return true;
+        };
+        let local = format!("0100007F:{:04X}", self.port);
+        let Some(inode) = table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+        }) else {
+            return false;
+        };
+        let target = format!("socket:[{inode}]");
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str())
+                })
+            })
+            .unwrap_or(false)
     }
 
     /// `127.0.0.1:PORT`, the registry part of image references.
