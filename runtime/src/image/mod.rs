@@ -9,6 +9,7 @@
 //! For container creation: [`ImageStore::lookup`] resolves any reference to an image id
 //! and its OCI config; [`ImageStore::mount_rootfs`] / [`ImageStore::unmount_rootfs`].
 
+mod clients;
 mod flight;
 pub mod hosts;
 mod layer;
@@ -67,6 +68,7 @@ pub(crate) struct Inner {
     pinned: Option<ImageRef>,
     pulls: flight::SingleFlight<String>,
     layers: Arc<flight::SingleFlight<()>>,
+    clients: clients::Clients,
 }
 
 impl ImageStore {
@@ -91,6 +93,7 @@ impl ImageStore {
                 pinned,
                 pulls: flight::SingleFlight::new(),
                 layers: Arc::new(flight::SingleFlight::new()),
+                clients: clients::Clients::default(),
             }),
         })
     }

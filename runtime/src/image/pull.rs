@@ -4,13 +4,11 @@
 //! digest, and only then record the image.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
 use cri_proto::v1;
 use futures::StreamExt;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -37,7 +35,6 @@ const INDEX_TYPES: &[&str] =
     &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 /// Configs are JSON of a few KiB; anything this large is not one.
 const MAX_CONFIG_BYTES: u64 = 32 << 20;
-const USER_AGENT: &str = concat!("capstan/", env!("CARGO_PKG_VERSION"));
 
 /// Registry credentials from a CRI `AuthConfig`.
 #[derive(Clone)]
@@ -165,7 +162,7 @@ impl Inner {
 
     async fn pull_from_host(self: &Arc<Self>, endpoint: &Endpoint, image: &ImageRef, creds: &Credentials) -> Result<String> {
         let started = std::time::Instant::now();
-        let client = client_for(endpoint, self.options.max_concurrent_downloads, self.options.stall_timeout)?;
+        let client = self.clients.get(endpoint, &creds.fingerprint(), self.options.max_concurrent_downloads, self.options.stall_timeout)?;
         let mut reference = image.to_client_reference();
         let direct = endpoint.host == image.registry || (image.registry == "docker.io" && endpoint.upstream);
         if !direct {
@@ -474,27 +471,6 @@ fn layer_records(manifest: &ImageManifest) -> Result<Vec<LayerRecord>> {
             Ok(LayerRecord { digest, diff_id: String::new(), size: l.size(), media_type })
         })
         .collect()
-}
-
-fn client_for(endpoint: &Endpoint, max_downloads: usize, stall_timeout: Duration) -> Result<Client> {
-    let mut certificates = Vec::new();
-    for path in &endpoint.ca_files {
-        let data = std::fs::read(path).map_err(Error::io("cannot read CA file", path))?;
-        certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
-    }
-    let config = ClientConfig {
-        protocol: if endpoint.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
-        accept_invalid_certificates: endpoint.skip_verify,
-        extra_root_certificates: certificates,
-        platform_resolver: None,
-        max_concurrent_download: max_downloads.max(1),
-        connect_timeout: Some(Duration::from_secs(30).min(stall_timeout)),
-        // Per read, not per request: a slow but moving download goes on.
-        read_timeout: Some(stall_timeout),
-        user_agent: USER_AGENT,
-        ..Default::default()
-    };
-    Client::try_from(config).map_err(|e| Error::InvalidArgument(format!("registry client for {}: {e}", endpoint.host)))
 }
 
 /// An error with its chain of causes (`error decoding response body: operation timed
