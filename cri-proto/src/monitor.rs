@@ -74,12 +74,20 @@ impl PodNamespaces {
     }
 }
 
-/// The monitor's first line on its stdout, read by the daemon that started it.
+/// The monitor's start-up lines on its stdout, read by the daemon that started it: at most
+/// one `NetnsPinned`, then `Ready` or `Failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Startup {
+    /// The pod's network namespace is pinned at `path`: the daemon may attach the pod
+    /// network (CNI ADD) while the monitor finishes starting.
+    NetnsPinned {
+        path: PathBuf,
+    },
     Ready(MonitorInfo),
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 /// Who the monitor is; also persisted at `<pod dir>/monitor.state` so a restarted daemon can
@@ -232,6 +240,42 @@ pub struct ContainerRecord {
     /// `Completed`, `Error`, `OOMKilled`, or empty while running.
     pub reason: String,
     pub message: String,
+}
+
+impl ContainerRecord {
+    /// A container created and not started: `pid` is its init once libcontainer made it.
+    pub fn created(id: &str, created_at: i64, pid: Option<i32>) -> ContainerRecord {
+        ContainerRecord {
+            id: id.to_string(),
+            phase: ContainerPhase::Created,
+            pid,
+            created_at,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+        }
+    }
+
+    /// A container whose start failed: exited at `finished_at`, never started.
+    pub fn exited_unstarted(
+        id: &str,
+        created_at: i64,
+        finished_at: i64,
+        exit_code: i32,
+        reason: &str,
+        message: String,
+    ) -> ContainerRecord {
+        ContainerRecord {
+            phase: ContainerPhase::Exited,
+            finished_at,
+            exit_code,
+            reason: reason.to_string(),
+            message,
+            ..ContainerRecord::created(id, created_at, None)
+        }
+    }
 }
 
 /// Reasons kubelet understands.

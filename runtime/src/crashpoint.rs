@@ -24,6 +24,8 @@
 //!   `:after_monitor`, `:after_record`.
 //! - RemovePodSandbox: `remove_pod_sandbox:after_stop`, `:after_containers`,
 //!   `:after_pod_dir`, `:after_record_removed`.
+//! - The pod monitor ([`hit_monitor`]): `monitor_start:after_netns_pinned` (it said where
+//!   the netns is, so the daemon is attaching the network; infra not yet in its cgroup).
 //! - PullImage: `pull_image:after_blobs` (config + layers), `:before_record`
 //!   (manifest/index blobs written), `:after_record`.
 
@@ -79,6 +81,20 @@ pub fn hit(name: &str) {
     }
     // stderr is unbuffered: the test reads which point fired from the daemon's log.
     eprintln!("capstan crashpoint {name}: killing the daemon with SIGKILL");
+    // SAFETY: getpid and kill have no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// Like [`hit`], for a pod monitor (it inherits the daemon's environment): fires only when
+/// named, never from a `random:` plan, whose crashes are the daemon's.
+pub fn hit_monitor(name: &str) {
+    let plan = plan();
+    if !matches!(plan, Plan::Names(_)) || !fires(plan, name) {
+        return;
+    }
+    tracing::error!("capstan crashpoint {name}: killing the monitor with SIGKILL");
     // SAFETY: getpid and kill have no memory-safety preconditions.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGKILL);

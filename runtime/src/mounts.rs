@@ -48,7 +48,15 @@ pub fn is_mount_point(path: &Path) -> Result<bool> {
 
 /// Lazily unmounts everything at or below `dir`.
 pub fn unmount_under(dir: &Path) -> Result<()> {
+    unmount_under_except(dir, None)
+}
+
+/// [`unmount_under`], leaving the mount at `keep` (and below it) alone.
+pub fn unmount_under_except(dir: &Path, keep: Option<&Path>) -> Result<()> {
     for mount in mounts_under(dir)? {
+        if keep.is_some_and(|k| mount.starts_with(k)) {
+            continue;
+        }
         // Stacked mounts on one point need one umount each.
         for _ in 0..8 {
             match nix::mount::umount2(&mount, MntFlags::MNT_DETACH) {

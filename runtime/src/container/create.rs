@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cri_proto::monitor::{ContainerPhase, ContainerRecord as RuntimeStatus};
+use cri_proto::monitor::ContainerRecord as RuntimeStatus;
 use cri_proto::v1;
 use tracing::Instrument;
 
@@ -134,17 +134,7 @@ impl Runtime {
         spec.save(&spec_path).map_err(|e| Error::Internal(format!("cannot write {}: {e}", spec_path.display())))?;
         crate::crashpoint::hit("create_container:after_bundle");
         // The status file is the commit point: start-up recovery undoes a container without one.
-        let status = RuntimeStatus {
-            id: record.id.clone(),
-            phase: ContainerPhase::Created,
-            pid: None,
-            created_at: record.created_at,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-        };
+        let status = RuntimeStatus::created(&record.id, record.created_at, None);
         let path = record.status_path();
         crate::atomic::replace_json(&path, &status).map_err(Error::io("cannot write container status", &path))?;
         crate::crashpoint::hit("create_container:after_status");

@@ -71,17 +71,14 @@ impl Runtime {
         let cgroup = c.record.cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || crate::cgroups::kill_and_remove(&cgroup)).await;
         let now = crate::id::now_nanos();
-        let status = cri_proto::monitor::ContainerRecord {
-            id: c.record.id.clone(),
-            phase: ContainerPhase::Exited,
-            pid: None,
-            created_at: c.record.created_at,
-            started_at: 0,
-            finished_at: now,
-            exit_code: START_ERROR_EXIT_CODE,
-            reason: START_ERROR.to_string(),
-            message: error.to_string(),
-        };
+        let status = cri_proto::monitor::ContainerRecord::exited_unstarted(
+            &c.record.id,
+            c.record.created_at,
+            now,
+            START_ERROR_EXIT_CODE,
+            START_ERROR,
+            error.to_string(),
+        );
         let path = c.record.status_path();
         if let Err(e) = crate::atomic::replace_json(&path, &status) {
             tracing::error!(container_id = %c.record.id, path = %path.display(), error = %e, "cannot record the failed start");

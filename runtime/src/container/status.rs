@@ -119,7 +119,10 @@ impl Runtime {
             log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             resources: super::update::status_resources(&c),
             image_id: r.image_id.clone(),
-            user: load_user(&r.dir),
+            user: c.user.get().cloned().or_else(|| {
+                let user = load_user(&r.dir)?;
+                Some(c.user.get_or_init(|| user).clone())
+            }),
         };
         Ok(v1::ContainerStatusResponse { status: Some(status), info })
     }

@@ -68,6 +68,8 @@ pub struct Container {
     pub record: ContainerRecord,
     /// Orders lifecycle calls on this container.
     pub lock: tokio::sync::Mutex<()>,
+    /// The user it runs as, kept once read from its file (written at create, then fixed).
+    pub(super) user: std::sync::OnceLock<cri_proto::v1::ContainerUser>,
 }
 
 #[derive(Debug)]
@@ -91,7 +93,7 @@ impl ContainerStore {
             match crate::atomic::read_json::<ContainerRecord>(&path) {
                 Ok(record) => {
                     lock(&store.names).insert(name_key(&record.pod_id, &record.metadata()), record.id.clone());
-                    let c = Arc::new(Container { record, lock: tokio::sync::Mutex::new(()) });
+                    let c = Arc::new(Container { record, lock: tokio::sync::Mutex::new(()), user: std::sync::OnceLock::new() });
                     lock(&store.containers).insert(c.record.id.clone(), c);
                 }
                 Err(e) => tracing::error!(path = %path.display(), error = %e, "skipping unreadable container record"),
@@ -129,7 +131,7 @@ impl ContainerStore {
     pub fn insert(&self, record: ContainerRecord) -> Result<Arc<Container>> {
         let path = record.dir.join(RECORD_FILE);
         crate::atomic::replace_json(&path, &record).map_err(Error::io("cannot write container record", &path))?;
-        let c = Arc::new(Container { record, lock: tokio::sync::Mutex::new(()) });
+        let c = Arc::new(Container { record, lock: tokio::sync::Mutex::new(()), user: std::sync::OnceLock::new() });
         lock(&self.containers).insert(c.record.id.clone(), c.clone());
         Ok(c)
     }

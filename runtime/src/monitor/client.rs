@@ -27,8 +27,14 @@ pub fn binary() -> PathBuf {
     exe.parent().unwrap_or(Path::new("/usr/bin")).join("capstan-monitor")
 }
 
-/// Writes the monitor's config, starts it, and waits for its start-up line.
+/// Writes the monitor's config, starts it, and waits until it is ready.
 pub async fn spawn(binary: &Path, config: &MonitorConfig) -> Result<MonitorInfo> {
+    start(binary, config).await?.ready().await
+}
+
+/// Writes the monitor's config and starts it; the caller follows its start-up lines with
+/// [`Starting::netns`] and [`Starting::ready`].
+pub async fn start(binary: &Path, config: &MonitorConfig) -> Result<Starting> {
     let dir = &config.pod_dir;
     let config_path = dir.join(CONFIG_FILE);
     crate::atomic::replace_json(&config_path, config).map_err(Error::io("cannot write", &config_path))?;
@@ -46,27 +52,108 @@ pub async fn spawn(binary: &Path, config: &MonitorConfig) -> Result<MonitorInfo>
         .spawn()
         .map_err(|e| Error::Internal(format!("cannot start the pod monitor {}: {e}", binary.display())))?;
     let stdout = child.stdout.take().ok_or_else(|| Error::Internal("monitor stdout missing".into()))?;
-    let mut line = String::new();
-    let read = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
-    if !matches!(read, Ok(Ok(n)) if n > 0) {
-        let _ = child.start_kill();
+    Ok(Starting {
+        lines: BufReader::new(stdout).lines(),
+        child: Some(child),
+        log_path,
+        deadline: tokio::time::Instant::now() + START_TIMEOUT,
+        wants_netns: config.namespaces.network,
+        ready: None,
+    })
+}
+
+/// A monitor on its way up. Dropped before it is ready, it is killed.
+pub struct Starting {
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    child: Option<tokio::process::Child>,
+    log_path: PathBuf,
+    deadline: tokio::time::Instant,
+    wants_netns: bool,
+    /// `Ready` read while waiting for the netns (a monitor that pins none).
+    ready: Option<MonitorInfo>,
+}
+
+impl Starting {
+    /// The pod's pinned network namespace, as soon as the monitor has it; `None` for a pod
+    /// without a network namespace of its own.
+    pub async fn netns(&mut self) -> Result<Option<PathBuf>> {
+        if !self.wants_netns {
+            return Ok(None);
+        }
+        match self.next().await {
+            Ok(Startup::NetnsPinned { path }) => Ok(Some(path)),
+            Ok(Startup::Ready(info)) => {
+                let path = info.namespace_paths.get("network").cloned();
+                self.ready = Some(info);
+                Ok(path)
+            }
+            Ok(Startup::Failed { message }) => Err(self.fail(message).await),
+            Err(why) => Err(self.fail(why).await),
+        }
     }
-    // Reap the monitor when it exits while this daemon lives; after a daemon restart it
-    // is init's child.
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
-    let failed = |why: String| Error::Internal(format!("pod monitor did not start: {why} (see {})", log_path.display()));
-    match read {
-        Err(_) => return Err(failed(format!("no answer in {} s", START_TIMEOUT.as_secs()))),
-        Ok(Err(e)) => return Err(failed(e.to_string())),
-        Ok(Ok(_)) => {}
+
+    /// Waits for `Ready`. On failure the monitor is killed and gone when this returns, so
+    /// it pins nothing more while the caller cleans up.
+    pub async fn ready(mut self) -> Result<MonitorInfo> {
+        let info = match self.ready.take() {
+            Some(info) => Ok(info),
+            None => loop {
+                match self.next().await {
+                    Ok(Startup::Ready(info)) => break Ok(info),
+                    // An older monitor's order, or a repeated line: nothing to do with it.
+                    Ok(Startup::NetnsPinned { .. }) => continue,
+                    Ok(Startup::Failed { message }) => break Err(message),
+                    Err(why) => break Err(why),
+                }
+            },
+        };
+        match info {
+            Ok(info) => {
+                // Reap the monitor when it exits while this daemon lives; after a daemon
+                // restart it is init's child.
+                if let Some(mut child) = self.child.take() {
+                    tokio::spawn(async move {
+                        let _ = child.wait().await;
+                    });
+                }
+                Ok(info)
+            }
+            Err(why) => Err(self.fail(why).await),
+        }
     }
-    match serde_json::from_str::<Startup>(line.trim()) {
-        Ok(Startup::Ready(info)) => Ok(info),
-        Ok(Startup::Failed { message }) => Err(failed(message)),
-        Err(_) if line.is_empty() => Err(failed("it exited without a word".into())),
-        Err(e) => Err(failed(format!("unreadable start-up line {line:?}: {e}"))),
+
+    /// The next start-up line, or why there is none.
+    async fn next(&mut self) -> std::result::Result<Startup, String> {
+        let line = match tokio::time::timeout_at(self.deadline, self.lines.next_line()).await {
+            Err(_) => return Err(format!("no answer in {} s", START_TIMEOUT.as_secs())),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(None)) => return Err("it exited without a word".into()),
+            Ok(Ok(Some(line))) => line,
+        };
+        serde_json::from_str::<Startup>(line.trim())
+            .map_err(|e| format!("unreadable start-up line {line:?}: {e}"))
+    }
+
+    /// Kills the monitor, waits until it is gone, and says why it did not start.
+    async fn fail(&mut self, why: String) -> Error {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+        Error::Internal(format!("pod monitor did not start: {why} (see {})", self.log_path.display()))
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+        }
     }
 }
 

@@ -130,17 +130,7 @@ impl Monitor {
         if let Some(file) = &stdin {
             set_nonblocking(file.as_raw_fd()).map_err(|e| internal(format!("stdin pipe: {e}")))?;
         }
-        let record = ContainerRecord {
-            id: req.id.clone(),
-            phase: ContainerPhase::Created,
-            pid: Some(pid.as_raw()),
-            created_at: now_nanos(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-        };
+        let record = ContainerRecord::created(&req.id, now_nanos(), Some(pid.as_raw()));
         let oom_before = cgroup.as_deref().and_then(cgroups::oom_kill_count).unwrap_or(0);
         let ctr = Ctr {
             record,

@@ -46,7 +46,8 @@ pub struct Infra {
 }
 
 impl Infra {
-    /// Starts the infra process and pins its namespaces; on failure nothing is left.
+    /// Starts the infra process and pins its namespaces; on failure nothing is left. It is
+    /// not in its cgroup yet: see [`Infra::place_in_cgroup`].
     pub fn create(config: &MonitorConfig) -> Result<Infra, InfraError> {
         let ns = config.namespaces;
         if !ns.any() {
@@ -61,13 +62,24 @@ impl Infra {
         Ok(infra)
     }
 
+    /// Moves the infra process into the pod's infra cgroup; on failure nothing is left.
+    /// A step of its own, after the namespaces are pinned: on cgroup v1 the move waits for
+    /// an RCU grace period (milliseconds), and the daemon attaches the network meanwhile.
+    pub fn place_in_cgroup(&mut self, config: &MonitorConfig) -> Result<(), InfraError> {
+        let (Some(cgroup), Some(pid)) = (&config.infra_cgroup, self.pid) else {
+            return Ok(());
+        };
+        self.cgroup = Some(cgroup.clone());
+        let result = join_cgroup(cgroup, pid);
+        if result.is_err() {
+            self.destroy();
+        }
+        result
+    }
+
     fn setup(&mut self, config: &MonitorConfig) -> Result<(), InfraError> {
         let pid = spawn(config)?;
         self.pid = Some(pid);
-        if let Some(cgroup) = &config.infra_cgroup {
-            self.cgroup = Some(cgroup.clone());
-            join_cgroup(cgroup, pid)?;
-        }
         let dir = config.pod_dir.join("ns");
         std::fs::create_dir_all(&dir).map_err(|source| InfraError::Io { context: "cannot create", path: dir.clone(), source })?;
         let wanted = [config.namespaces.network, config.namespaces.ipc, config.namespaces.uts, config.namespaces.pid];

@@ -5,8 +5,9 @@
 //! daemon's process group or terminal reaches it, and `kill -9` of the daemon leaves it
 //! running, re-parented to init), becomes the child subreaper of everything it starts,
 //! creates the pod's infra
-//! process and pinned namespaces, listens on `<pod dir>/monitor.sock`, and then prints one
-//! [`Startup`] line on the stdout the daemon reads. From then on it serves the protocol in
+//! process and pinned namespaces (saying `NetnsPinned` on the stdout the daemon reads, so
+//! the daemon attaches the network meanwhile), puts the infra process in its cgroup, listens
+//! on `<pod dir>/monitor.sock`, and then prints its last [`Startup`] line, `Ready`. From then on it serves the protocol in
 //! `cri_proto::monitor` from a single thread: libcontainer is not made for threads.
 //!
 //! Files in the pod dir: `monitor.json` (config), `monitor.state` ([`MonitorInfo`], for a
@@ -76,6 +77,13 @@ fn start(pod_dir: &Path) -> Result<server::Monitor, String> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     let signals = signals::ChildSignals::install().map_err(|e| format!("SIGCHLD handler: {e}"))?;
     let mut infra = infra::Infra::create(&config).map_err(|e| e.to_string())?;
+    if let Some(netns) = infra.namespace_paths.get("network") {
+        report(&Startup::NetnsPinned {
+            path: netns.clone(),
+        });
+        crate::crashpoint::hit_monitor("monitor_start:after_netns_pinned");
+    }
+    infra.place_in_cgroup(&config).map_err(|e| e.to_string())?;
     let result = listen_and_describe(&config, &infra);
     let (listener, info) = match result {
         Ok(r) => r,
@@ -122,7 +130,7 @@ fn init_logging(pod_dir: &Path, level: &str) {
     };
 }
 
-/// The one line the daemon waits for.
+/// A start-up line for the daemon.
 fn report(startup: &Startup) {
     if let Ok(mut line) = serde_json::to_vec(startup) {
         line.push(b'\n');
@@ -142,18 +150,21 @@ fn detach_stdout() {
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22); with the
 /// pid it names one process for the life of the machine.
 pub fn process_start_time(pid: i32) -> Option<u64> {
+    stat_of(pid).map(|(_, start)| start)
+}
+
+/// State letter and start time (clock ticks since boot) from one read of `/proc/<pid>/stat`.
+fn stat_of(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let state = rest.chars().next()?;
+    Some((state, rest.split(' ').nth(19)?.parse().ok()?))
 }
 
 /// Whether the monitor described by `info` is still that process and alive (not a zombie).
 pub fn is_alive(info: &MonitorInfo) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", info.pid)) else { return false };
-    let Some(close) = stat.rfind(')') else { return false };
-    let state = stat[close + 2..].chars().next();
-    state != Some('Z') && state != Some('X') && process_start_time(info.pid) == Some(info.start_time)
+    stat_of(info.pid).is_some_and(|(state, start)| state != 'Z' && state != 'X' && start == info.start_time)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The pod network through CNI: ADD after the pod's netns exists, DEL when the pod stops.
 //! The plugins are processes, so every CNI call runs on a blocking thread.
 
+use std::path::{Path, PathBuf};
+
 use capstan_cni::{Attachment, Cni, CniError, ConfigError, PortMapping, Protocol};
-use cri_proto::monitor::MonitorInfo;
 use cri_proto::v1;
 
 use super::store::{PodNetwork, Sandbox, SandboxRecord};
@@ -14,18 +15,15 @@ impl Runtime {
         Cni::new(&options.conf_dir, options.bin_dirs.clone(), self.options().root_dir.join("cni-results"))
     }
 
-    /// Attaches the pod's network namespace to the CNI network and returns what CNI
-    /// reported. Host-network pods get no network of their own; on a node without any CNI
-    /// config (kubelet keeps such a node NotReady) a pod gets loopback only.
-    pub(crate) async fn setup_pod_network(&self, sandbox: &Sandbox, monitor: &MonitorInfo) -> Result<Option<PodNetwork>> {
+    /// Attaches the pod's network namespace (pinned at `netns`) to the CNI network and
+    /// returns what CNI reported. Host-network pods get no network of their own; on a node
+    /// without any CNI config (kubelet keeps such a node NotReady) a pod gets loopback only.
+    pub(crate) async fn setup_pod_network(&self, sandbox: &Sandbox, netns: Option<PathBuf>) -> Result<Option<PodNetwork>> {
         let record = sandbox.record();
         if !record.namespaces.network {
             return Ok(None);
         }
-        let netns = monitor
-            .namespace_paths
-            .get("network")
-            .cloned()
+        let netns = netns
             .ok_or_else(|| Error::Internal("the pod's network namespace was not pinned".into()))?;
         let cni = self.cni();
         let list = match cni.network() {
@@ -49,27 +47,103 @@ impl Runtime {
         Ok(Some(PodNetwork { network: list.name, ips }))
     }
 
-    /// Detaches the pod from its CNI network (DEL is idempotent); a pod that never had one
-    /// is fine.
-    pub(crate) async fn teardown_pod_network(&self, sandbox: &Sandbox) -> Result<()> {
+    /// Pins the pod's netns for CNI DEL before anything else lets go of it; `None` for a pod
+    /// without a network. See [`hold_netns`].
+    pub(crate) fn hold_pod_netns(&self, sandbox: &Sandbox) -> Result<Option<PathBuf>> {
         let record = sandbox.record();
         if record.network.is_none() {
-            return Ok(());
+            return Ok(None);
         }
-        let netns = record.pod_dir.join("ns/net");
-        let attachment = attachment(&record, netns)?;
+        hold_netns(&record.pod_dir.join("ns")).map(Some)
+    }
+
+    /// Detaches the pod from its CNI network (DEL is idempotent), entering the netns at
+    /// `netns` (from [`Runtime::hold_pod_netns`]); a pod that never had one is fine.
+    pub(crate) async fn teardown_pod_network(
+        &self,
+        sandbox: &Sandbox,
+        netns: Option<PathBuf>,
+    ) -> Result<()> {
+        let record = sandbox.record();
+        let Some(netns) = netns.filter(|_| record.network.is_some()) else {
+            return Ok(());
+        };
+        let attachment = attachment(&record, netns.clone())?;
         let cni = self.cni();
-        tokio::task::spawn_blocking(move || cni.del(&attachment))
-            .await
-            .map_err(|e| Error::Internal(format!("CNI task failed: {e}")))?
-            .map_err(|e| Error::Unavailable(format!("pod network teardown failed: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            cni.del(&attachment)?;
+            release_netns(&netns);
+            Ok::<_, CniError>(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("CNI task failed: {e}")))?
+        .map_err(|e| Error::Unavailable(format!("pod network teardown failed: {e}")))?;
         sandbox.update(&self.sandboxes, |r| r.network = None)?;
         Ok(())
     }
 }
 
+/// The daemon's pin of the pod's netns for CNI DEL (`ns/net-del`), made from the monitor's
+/// (`ns/net`) or kept from an earlier DEL that failed: the monitor may then release its own
+/// pins while DEL runs. With neither (the monitor and its pins are gone) DEL gets the
+/// monitor's path: plugins must tolerate a missing netns.
+fn hold_netns(ns_dir: &Path) -> Result<PathBuf> {
+    let pin = ns_dir.join("net");
+    let hold = netns_hold_path(ns_dir);
+    if is_netns(&hold) {
+        return Ok(hold);
+    }
+    // Whatever else is there (a file, a mount of something else) is not ours to keep.
+    release_netns(&hold);
+    if !is_netns(&pin) {
+        return Ok(pin);
+    }
+    std::fs::File::create(&hold).map_err(Error::io("cannot create", &hold))?;
+    nix::mount::mount(
+        Some(&pin),
+        &hold,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        Error::Internal(format!(
+            "cannot pin {} at {}: {e}",
+            pin.display(),
+            hold.display()
+        ))
+    })?;
+    Ok(hold)
+}
+
+/// Whether `path` is a namespace file (nsfs), i.e. a live pin.
+fn is_netns(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// Drops the daemon's pin after a successful DEL (the monitor's path is left alone).
+fn release_netns(netns: &Path) {
+    if netns.file_name() != Some(std::ffi::OsStr::new(NETNS_HOLD)) {
+        return;
+    }
+    match nix::mount::umount2(netns, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => tracing::warn!(path = %netns.display(), error = %e, "cannot unmount netns pin"),
+    }
+    let _ = std::fs::remove_file(netns);
+}
+
+/// File name of the daemon's netns pin under `<pod dir>/ns`.
+const NETNS_HOLD: &str = "net-del";
+
+/// Where the daemon pins a pod's netns for CNI DEL, under the pod's `ns` dir.
+pub(crate) fn netns_hold_path(ns_dir: &Path) -> PathBuf {
+    ns_dir.join(NETNS_HOLD)
+}
+
 /// The pod as CNI plugins see it, with its `hostPort`s for `portmap`.
-fn attachment(record: &SandboxRecord, netns: std::path::PathBuf) -> Result<Attachment> {
+fn attachment(record: &SandboxRecord, netns: PathBuf) -> Result<Attachment> {
     let meta = record.metadata();
     let ports = record.config.port_mappings.iter().map(port_mapping).collect::<Result<Vec<_>>>()?;
     Ok(Attachment::new(&record.id, netns).with_pod(&meta.namespace, &meta.name, &meta.uid).with_port_mappings(ports))

@@ -108,11 +108,24 @@ impl Runtime {
         };
         crate::crashpoint::hit("run_pod_sandbox:after_pod_files");
         tracing::debug!("pod files written; starting the monitor");
-        let info = client::spawn(&client::binary(), &config).await?;
-        tracing::debug!(monitor_pid = info.pid, infra_pid = ?info.infra_pid, "monitor started");
-        crate::crashpoint::hit("run_pod_sandbox:after_monitor");
-        let network = self.setup_pod_network(sandbox, &info).await?;
-        crate::crashpoint::hit("run_pod_sandbox:after_network");
+        let mut starting = client::start(&client::binary(), &config).await?;
+        // CNI ADD runs while the monitor finishes starting (it moves the infra process into
+        // its cgroup, which waits for an RCU grace period on cgroup v1). Both run to their
+        // end; whatever either did, the record written at insert lets teardown undo it.
+        let netns = starting.netns().await?;
+        let monitor = async {
+            let info = starting.ready().await?;
+            tracing::debug!(monitor_pid = info.pid, infra_pid = ?info.infra_pid, "monitor started");
+            crate::crashpoint::hit("run_pod_sandbox:after_monitor");
+            Ok::<_, Error>(info)
+        };
+        let network = async {
+            let network = self.setup_pod_network(sandbox, netns).await?;
+            crate::crashpoint::hit("run_pod_sandbox:after_network");
+            Ok::<_, Error>(network)
+        };
+        let (info, network) = tokio::join!(monitor, network);
+        let (info, network) = (info?, network?);
         sandbox.update(&self.sandboxes, |r| {
             r.monitor = Some(info);
             r.network = network.or(r.network.take());

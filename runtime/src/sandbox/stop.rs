@@ -1,7 +1,7 @@
-//! StopPodSandbox: wait until removed containers' cleanups are done with the monitor, kill
-//! the pod's containers (their exits are recorded), tear the network down (CNI DEL), then
-//! shut the monitor down, which removes the infra process, the pinned
-//! namespaces and the infra cgroup. Idempotent: a missing or stopped pod is no error.
+//! StopPodSandbox: kill the pod's containers (their exits are recorded), then at once tear
+//! the network down (CNI DEL) and shut the monitor down (after removed containers' cleanups
+//! are done with it), which removes the infra process, the pinned namespaces and the infra
+//! cgroup. Idempotent: a missing or stopped pod is no error.
 
 use std::time::Duration;
 
@@ -34,9 +34,12 @@ impl Runtime {
     }
 
     /// Stops the pod; the caller holds its lock exclusively.
+    ///
+    /// After the containers are killed, CNI DEL runs while the monitor shuts down: DEL
+    /// (a plugin per network, a veth deleted in the kernel) is most of the call. The netns
+    /// gets a pin of the daemon's own for DEL, so the monitor may release its pins meanwhile;
+    /// that pin goes once DEL has succeeded, and stays for a retry when it failed.
     pub(crate) async fn stop_sandbox_locked(&self, sandbox: &Sandbox, how: Teardown) -> Result<()> {
-        // Removed containers' cleanups ask the monitor to delete them: before it goes.
-        self.wait_monitor_steps(&sandbox.id).await;
         let record = sandbox.record();
         if record.monitor_alive() {
             for c in self.containers.of_pod(&record.id) {
@@ -53,23 +56,43 @@ impl Runtime {
             }
         }
         crate::crashpoint::hit("stop_pod_sandbox:after_kill_containers");
-        match self.teardown_pod_network(sandbox).await {
-            Ok(()) => {}
+        // Pinned before the monitor starts letting go of its pins.
+        let netns = self.hold_pod_netns(sandbox);
+        let network = async {
+            let result = match netns {
+                Ok(netns) => self.teardown_pod_network(sandbox, netns).await,
+                Err(e) => Err(e),
+            };
+            crate::crashpoint::hit("stop_pod_sandbox:after_network");
+            result
+        };
+        let monitor = async {
+            // Removed containers' cleanups ask the monitor to delete them: before it goes.
+            self.wait_monitor_steps(&record.id).await;
+            let result = self.shutdown_monitor(&record).await;
+            crate::crashpoint::hit("stop_pod_sandbox:after_monitor");
+            result
+        };
+        let (network, monitor) = tokio::join!(network, monitor);
+        let network = match network {
+            Ok(()) => Ok(()),
             // A failed DEL is reported so kubelet retries the call; the network plugins
             // still hold an address or rules for this pod.
-            Err(e) if how == Teardown::Strict => return Err(e),
-            Err(e) => tracing::warn!(pod_id = %record.id, error = %e, "CNI DEL failed; going on with the teardown"),
-        }
-        crate::crashpoint::hit("stop_pod_sandbox:after_network");
-        self.shutdown_monitor(&record).await?;
-        crate::crashpoint::hit("stop_pod_sandbox:after_monitor");
+            Err(e) if how == Teardown::Strict => Err(e),
+            Err(e) => {
+                tracing::warn!(pod_id = %record.id, error = %e, "CNI DEL failed; going on with the teardown");
+                Ok(())
+            }
+        };
+        monitor?;
+        // The containers and the infra are gone whether or not DEL worked: not ready.
         if record.state != SandboxState::NotReady {
             sandbox.update(&self.sandboxes, |r| r.state = SandboxState::NotReady)?;
             crate::crashpoint::hit("stop_pod_sandbox:after_record");
             tracing::info!(pod_id = %record.id, "pod sandbox stopped");
             self.sandbox_event(&record.id, cri_proto::v1::ContainerEventType::ContainerStoppedEvent);
         }
-        Ok(())
+        network
     }
 
     /// Asks the monitor to tear the pod down; when it is gone (crashed, or the machine
@@ -95,12 +118,14 @@ impl Runtime {
         let mut cgroups: Vec<_> = self.containers.of_pod(&record.id).iter().map(|c| c.record.cgroup.clone()).collect();
         cgroups.push(record.cgroups.child(&record.id));
         let ns_dir = record.pod_dir.join("ns");
+        // CNI DEL may be running on the daemon's own pin; it releases that pin itself.
+        let hold = super::network::netns_hold_path(&ns_dir);
         let youki = record.pod_dir.join("youki");
         tokio::task::spawn_blocking(move || {
             for cgroup in cgroups {
                 crate::cgroups::kill_and_remove(&cgroup);
             }
-            crate::mounts::unmount_under(&ns_dir)?;
+            crate::mounts::unmount_under_except(&ns_dir, Some(&hold))?;
             let _ = std::fs::remove_dir_all(&youki);
             Ok::<_, Error>(())
         })
