@@ -173,6 +173,16 @@ impl Env {
             .expect("status")
     }
 
+    pub async fn pod_status(&mut self, id: &str) -> v1::PodSandboxStatus {
+        self.rt
+            .pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
     pub async fn wait_exited(&mut self, id: &str) -> v1::ContainerStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

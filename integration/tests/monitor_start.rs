@@ -55,17 +55,7 @@ async fn a_monitor_dying_while_the_network_is_attached_leaves_nothing() {
     env.daemon.restart().await;
     env.rt = env.daemon.runtime_client().await;
     let (pod, _) = env.pod("starts").await;
-    let status = env
-        .rt
-        .pod_sandbox_status(v1::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("status");
+    let status = env.pod_status(&pod).await;
     let ip = status.network.map(|n| n.ip).unwrap_or_default();
     assert!(ip.starts_with(&net.subnet_prefix), "pod ip {ip:?}");
     env.remove_pod(&pod).await;

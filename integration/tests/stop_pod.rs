@@ -47,17 +47,7 @@ async fn a_failed_del_keeps_the_netns_for_the_retry() {
         err.message().contains("pod network teardown failed"),
         "{err:?}"
     );
-    let status = env
-        .rt
-        .pod_sandbox_status(v1::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("status");
+    let status = env.pod_status(&pod).await;
     assert_eq!(
         status.state,
         v1::PodSandboxState::SandboxNotready as i32,
