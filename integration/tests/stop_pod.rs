@@ -3,7 +3,7 @@
 //! any more (its containers and infra are gone), and the pin stays so that kubelet's retry
 //! can still enter the netns: the retry's DEL then releases the address and the veth.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use capstan_integration::pods::{self, BridgeNet, Env};
 use cri_proto::v1;
@@ -11,6 +11,36 @@ use cri_proto::v1;
 fn is_nsfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// host-local's data dir with a file standing in its place (DEL fails); put back on
+/// `unblock` or on drop, so a failed assertion still lets the pod be removed.
+struct BlockedIpam {
+    dir: PathBuf,
+    away: PathBuf,
+}
+
+impl BlockedIpam {
+    fn new(dir: PathBuf) -> BlockedIpam {
+        let away = dir.with_extension("away");
+        std::fs::rename(&dir, &away).expect("move the IPAM dir away");
+        std::fs::write(&dir, b"not a directory").expect("block the IPAM dir");
+        BlockedIpam { dir, away }
+    }
+
+    fn unblock(&self) -> std::io::Result<()> {
+        if self.away.exists() {
+            std::fs::remove_file(&self.dir)?;
+            std::fs::rename(&self.away, &self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BlockedIpam {
+    fn drop(&mut self) {
+        let _ = self.unblock();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,10 +61,7 @@ async fn a_failed_del_keeps_the_netns_for_the_retry() {
         .join("ns/net-del");
 
     // host-local cannot open its data dir while a file stands in its place: DEL fails.
-    let ipam = env.daemon.scratch().join("ipam");
-    let away = env.daemon.scratch().join("ipam.away");
-    std::fs::rename(&ipam, &away).expect("move the IPAM dir away");
-    std::fs::write(&ipam, b"not a directory").expect("block the IPAM dir");
+    let blocked = BlockedIpam::new(env.daemon.scratch().join("ipam"));
     let err = env
         .rt
         .stop_pod_sandbox(v1::StopPodSandboxRequest {
@@ -57,7 +84,7 @@ async fn a_failed_del_keeps_the_netns_for_the_retry() {
         is_nsfs(&hold),
         "the daemon's netns pin must outlive the failed DEL"
     );
-    let reserved = std::fs::read_dir(away.join("statsnet"))
+    let reserved = std::fs::read_dir(blocked.away.join("statsnet"))
         .into_iter()
         .flatten()
         .flatten()
@@ -73,8 +100,7 @@ async fn a_failed_del_keeps_the_netns_for_the_retry() {
         "the address stays reserved while DEL has not succeeded"
     );
 
-    std::fs::remove_file(&ipam).expect("unblock");
-    std::fs::rename(&away, &ipam).expect("restore the IPAM dir");
+    blocked.unblock().expect("restore the IPAM dir");
     env.rt
         .stop_pod_sandbox(v1::StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
