@@ -81,13 +81,9 @@ impl PodNamespaces {
 pub enum Startup {
     /// The pod's network namespace is pinned at `path`: the daemon may attach the pod
     /// network (CNI ADD) while the monitor finishes starting.
-    NetnsPinned {
-        path: PathBuf,
-    },
+    NetnsPinned { path: PathBuf },
     Ready(MonitorInfo),
-    Failed {
-        message: String,
-    },
+    Failed { message: String },
 }
 
 /// Who the monitor is; also persisted at `<pod dir>/monitor.state` so a restarted daemon can

@@ -50,8 +50,6 @@ async fn a_failed_del_keeps_the_netns_for_the_retry() {
     }
     let mut env = Env::start().await;
     let net = BridgeNet::new(&env.daemon);
-    env.daemon.restart().await;
-    env.rt = env.daemon.runtime_client().await;
     let (pod, _) = env.pod("del-retry").await;
     let hold = env
         .daemon

@@ -69,6 +69,16 @@ pub fn unmount_under_except(dir: &Path, keep: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Releases a pin: lazily unmounts the bind mount at `path` (a namespace file) and removes
+/// the file. Idempotent; a failure is logged, because the teardowns that call it go on.
+pub fn unpin(path: &Path) {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot unmount a pinned namespace"),
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 /// Removes `dir` and everything below it, after unmounting whatever is mounted there.
 pub fn remove_dir_all(dir: &Path) -> Result<()> {
     unmount_under(dir)?;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use cri_proto::monitor::MonitorConfig;
 use nix::fcntl::OFlag;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::WaitPidFlag;
@@ -103,11 +103,7 @@ impl Infra {
     /// because teardown goes on regardless.
     pub fn destroy(&mut self) {
         for path in std::mem::take(&mut self.namespace_paths).into_values() {
-            match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot unmount namespace"),
-            }
-            let _ = std::fs::remove_file(&path);
+            crate::mounts::unpin(&path);
         }
         if let Some(pid) = self.pid.take() {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);

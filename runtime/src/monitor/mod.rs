@@ -7,8 +7,9 @@
 //! creates the pod's infra
 //! process and pinned namespaces (saying `NetnsPinned` on the stdout the daemon reads, so
 //! the daemon attaches the network meanwhile), puts the infra process in its cgroup, listens
-//! on `<pod dir>/monitor.sock`, and then prints its last [`Startup`] line, `Ready`. From then on it serves the protocol in
-//! `cri_proto::monitor` from a single thread: libcontainer is not made for threads.
+//! on `<pod dir>/monitor.sock`, and then prints its last [`Startup`] line, `Ready`. From then
+//! on it serves the protocol in `cri_proto::monitor` from a single thread: libcontainer is
+//! not made for threads.
 //!
 //! Files in the pod dir: `monitor.json` (config), `monitor.state` ([`MonitorInfo`], for a
 //! restarted daemon), `monitor.sock`, `monitor.log` (its own log), `ns/{net,ipc,uts,pid}`
@@ -78,9 +79,7 @@ fn start(pod_dir: &Path) -> Result<server::Monitor, String> {
     let signals = signals::ChildSignals::install().map_err(|e| format!("SIGCHLD handler: {e}"))?;
     let mut infra = infra::Infra::create(&config).map_err(|e| e.to_string())?;
     if let Some(netns) = infra.namespace_paths.get("network") {
-        report(&Startup::NetnsPinned {
-            path: netns.clone(),
-        });
+        report(&Startup::NetnsPinned { path: netns.clone() });
         crate::crashpoint::hit_monitor("monitor_start:after_netns_pinned");
     }
     infra.place_in_cgroup(&config).map_err(|e| e.to_string())?;

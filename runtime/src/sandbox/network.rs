@@ -58,16 +58,10 @@ impl Runtime {
     }
 
     /// Detaches the pod from its CNI network (DEL is idempotent), entering the netns at
-    /// `netns` (from [`Runtime::hold_pod_netns`]); a pod that never had one is fine.
-    pub(crate) async fn teardown_pod_network(
-        &self,
-        sandbox: &Sandbox,
-        netns: Option<PathBuf>,
-    ) -> Result<()> {
+    /// `netns` (from [`Runtime::hold_pod_netns`], `None` for a pod without a network).
+    pub(crate) async fn teardown_pod_network(&self, sandbox: &Sandbox, netns: Option<PathBuf>) -> Result<()> {
+        let Some(netns) = netns else { return Ok(()) };
         let record = sandbox.record();
-        let Some(netns) = netns.filter(|_| record.network.is_some()) else {
-            return Ok(());
-        };
         let attachment = attachment(&record, netns.clone())?;
         let cni = self.cni();
         tokio::task::spawn_blocking(move || {
@@ -124,14 +118,9 @@ fn is_netns(path: &Path) -> bool {
 
 /// Drops the daemon's pin after a successful DEL (the monitor's path is left alone).
 fn release_netns(netns: &Path) {
-    if netns.file_name() != Some(std::ffi::OsStr::new(NETNS_HOLD)) {
-        return;
+    if netns.file_name() == Some(std::ffi::OsStr::new(NETNS_HOLD)) {
+        crate::mounts::unpin(netns);
     }
-    match nix::mount::umount2(netns, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-        Err(e) => tracing::warn!(path = %netns.display(), error = %e, "cannot unmount netns pin"),
-    }
-    let _ = std::fs::remove_file(netns);
 }
 
 /// File name of the daemon's netns pin under `<pod dir>/ns`.
